@@ -1,0 +1,51 @@
+# Two commands from a fresh clone: `make run` and `make test`. Each sets up .venv itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME ?= $(CURDIR)/var/dagster_home
+JOB ?= mnist_training
+CONFIG ?= run_config.yaml
+
+# Offline: `make run MIRROR=../shared/data` uses that folder's mnist/ and notmnist/ instead
+# of the mirrors in run_config.yaml.
+ifdef MIRROR
+MIRROR_URL := file://$(abspath $(MIRROR))
+MIRROR_ARGS := -c var/local_mirror.yaml
+endif
+
+.PHONY: install run test lint bench dev clean
+
+install: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[cpu,dev]"
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME)
+	printf 'telemetry:\n  enabled: false\n' > $@
+
+run: install $(DAGSTER_HOME)/dagster.yaml
+ifdef MIRROR
+	mkdir -p var
+	printf 'mnist:\n  mirrors: ["%s/mnist/"]\nnotmnist:\n  mirrors: ["%s/notmnist/"]\n' "$(MIRROR_URL)" "$(MIRROR_URL)" > var/local_mirror.yaml
+endif
+	$(BIN)/dagster job execute -m mnist_assets.definitions -j $(JOB) -c $(CONFIG) $(MIRROR_ARGS)
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python benchmarks/training_chain.py $(if $(MIRROR),--mirror $(MIRROR))
+
+dev: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1
+
+clean:
+	rm -rf var

@@ -1,0 +1,148 @@
+"""Model assets: train, export as SavedModels, evaluate the exported artifact, gate it."""
+
+import json
+
+import numpy as np
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from mnist_assets import metadata
+from mnist_assets.assets.data import mnist_dataset, notmnist_dataset
+from mnist_assets.checks import (
+    CLASSIFIER_ACCURACY,
+    CONCEPT_DETECTION,
+    CONCEPT_FALSE_POSITIVES,
+    classifier_checks,
+    concept_checks,
+)
+from mnist_assets.config import ClassifierConfig, ConceptModelConfig
+from mnist_ml import plots
+from mnist_ml.classifier import train_classifier
+from mnist_ml.concept import calibrate_threshold, train_concept_model
+from mnist_ml.datasets import DIGITS
+from mnist_ml.evaluation import add_uniform_noise, confusion_matrix, ood_report, per_class_accuracy
+from mnist_ml.savedmodel import LoadedModel, export_classifier, export_concept_model, write_concept_calibration
+from mnist_ml.training import to_unit_float
+from resources import DataStore
+
+OWNERS = ["team:mlops"]
+CLASSIFIER_DIR = "models/classifier"
+CONCEPT_DIR = "models/concept_model"
+
+
+@asset(
+    group_name="models",
+    owners=OWNERS,
+    deps=[mnist_dataset],
+    check_specs=[CLASSIFIER_ACCURACY],
+    kinds={"tensorflow"},
+    description="Digit classifier (dense 256-64 by default) exported as a SavedModel with the "
+    "signature imgs -> class_ids, probabilities; evaluated on the MNIST test set.",
+)
+def mnist_classifier(context: AssetExecutionContext, config: ClassifierConfig, data_store: DataStore):
+    data = data_store.load_arrays("mnist")
+    trained = train_classifier(
+        data["x_train"],
+        data["y_train"],
+        config.architecture,
+        config.hidden_units,
+        config.fit_params(),
+        context.log.info,
+    )
+    with data_store.publish_dir(CLASSIFIER_DIR) as scratch:
+        export_classifier(trained.model, scratch)
+    exported = LoadedModel(data_store.path(CLASSIFIER_DIR))
+    predictions = exported(to_unit_float(data["x_test"]))["class_ids"]
+    matrix = confusion_matrix(data["y_test"], predictions)
+    accuracy = float(np.trace(matrix) / matrix.sum())
+    per_class = dict(zip(DIGITS, per_class_accuracy(matrix).tolist(), strict=True))
+    summary = {
+        "test_accuracy": accuracy,
+        "per_class_accuracy": per_class,
+        "training_seconds": trained.seconds,
+        "parameters": trained.model.count_params(),
+        "history": trained.history,
+        "config": config.model_dump(),
+    }
+    data_store.write_bytes(f"{CLASSIFIER_DIR}.metrics.json", json.dumps(summary, indent=2).encode())
+    confusion_png = plots.confusion_matrix_plot(matrix, DIGITS)
+    curves_png = plots.training_curves(trained.history, "classifier")
+    data_store.write_bytes("plots/classifier_confusion_matrix.png", confusion_png)
+    data_store.write_bytes("plots/classifier_training_curves.png", curves_png)
+    context.log.info(f"classifier test accuracy {accuracy:.4f}")
+    return MaterializeResult(
+        metadata={
+            "test_accuracy": accuracy,
+            "validation_accuracy": trained.history["val_accuracy"][-1],
+            "per_class_accuracy": metadata.table(per_class, "digit", "accuracy"),
+            "confusion_matrix": metadata.png(confusion_png, "confusion matrix"),
+            "training_curves": metadata.png(curves_png, "training curves"),
+            "training_seconds": trained.seconds,
+            "parameters": trained.model.count_params(),
+            "saved_model": MetadataValue.path(str(data_store.path(CLASSIFIER_DIR))),
+        },
+        check_results=classifier_checks(accuracy, config.min_test_accuracy),
+    )
+
+
+@asset(
+    group_name="models",
+    owners=OWNERS,
+    deps=[mnist_dataset, notmnist_dataset],
+    check_specs=[CONCEPT_DETECTION, CONCEPT_FALSE_POSITIVES],
+    kinds={"tensorflow"},
+    description="Concept model: an autoencoder whose reconstruction MSE scores how unlike MNIST "
+    "an input is, with an out-of-distribution threshold calibrated on held-out digits.",
+)
+def mnist_concept_model(context: AssetExecutionContext, config: ConceptModelConfig, data_store: DataStore):
+    mnist = data_store.load_arrays("mnist")
+    notmnist = data_store.load_arrays("notmnist")
+    trained = train_concept_model(mnist["x_train"], config.encoder_units, config.fit_params(), context.log.info)
+    with data_store.publish_dir(CONCEPT_DIR) as scratch:
+        export_concept_model(trained.fit.model, scratch)
+        score = LoadedModel(scratch)
+        threshold = calibrate_threshold(score(trained.validation_images)["score"], config.threshold_percentile)
+        write_concept_calibration(
+            scratch,
+            {"threshold": threshold, "percentile": config.threshold_percentile, "calibrated_on": "held-out MNIST"},
+        )
+    clean_test = to_unit_float(mnist["x_test"])
+    scores = {
+        "MNIST test": score(clean_test)["score"],
+        "notMNIST": score(to_unit_float(notmnist["x"]))["score"],
+        "noisy MNIST": score(add_uniform_noise(clean_test, config.noise_amplitude, config.seed))["score"],
+    }
+    notmnist_report = ood_report(scores["MNIST test"], scores["notMNIST"], threshold)
+    noisy_report = ood_report(scores["MNIST test"], scores["noisy MNIST"], threshold)
+    summary = {
+        "threshold": threshold,
+        "notmnist": notmnist_report,
+        "noisy_mnist": noisy_report,
+        "training_seconds": trained.fit.seconds,
+        "parameters": trained.fit.model.count_params(),
+        "history": trained.fit.history,
+        "config": config.model_dump(),
+    }
+    data_store.write_bytes(f"{CONCEPT_DIR}.metrics.json", json.dumps(summary, indent=2).encode())
+    histogram_png = plots.score_histogram(scores, threshold)
+    curves_png = plots.training_curves(trained.fit.history, "autoencoder")
+    data_store.write_bytes("plots/concept_score_histogram.png", histogram_png)
+    data_store.write_bytes("plots/concept_training_curves.png", curves_png)
+    context.log.info(f"concept model: notMNIST {notmnist_report}, noisy digits {noisy_report}")
+    return MaterializeResult(
+        metadata={
+            "threshold": threshold,
+            **{f"notmnist_{k}": v for k, v in notmnist_report.items()},
+            **{f"noisy_mnist_{k}": v for k, v in noisy_report.items()},
+            "score_histogram": metadata.png(histogram_png, "concept scores"),
+            "training_curves": metadata.png(curves_png, "training curves"),
+            "training_seconds": trained.fit.seconds,
+            "parameters": trained.fit.model.count_params(),
+            "saved_model": MetadataValue.path(str(data_store.path(CONCEPT_DIR))),
+        },
+        check_results=concept_checks(
+            notmnist_report["detection_rate"],
+            notmnist_report["false_positive_rate"],
+            config.min_detection_rate,
+            config.max_false_positive_rate,
+        ),
+    )

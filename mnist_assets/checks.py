@@ -1,0 +1,52 @@
+"""Blocking quality gates on the models: a model that fails them can't flow downstream.
+
+The checks run inside the asset's step (the asset yields their results), so they see
+exactly the model just exported; thresholds come from the asset's config."""
+
+from __future__ import annotations
+
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec
+
+CLASSIFIER_ACCURACY = AssetCheckSpec(
+    "test_accuracy_at_least_minimum",
+    asset="mnist_classifier",
+    blocking=True,
+    description="The exported classifier's MNIST test accuracy reaches min_test_accuracy.",
+)
+CONCEPT_DETECTION = AssetCheckSpec(
+    "detection_rate_at_least_minimum",
+    asset="mnist_concept_model",
+    blocking=True,
+    description="The concept model flags at least min_detection_rate of notMNIST.",
+)
+CONCEPT_FALSE_POSITIVES = AssetCheckSpec(
+    "false_positive_rate_at_most_maximum",
+    asset="mnist_concept_model",
+    blocking=True,
+    description="The concept model flags at most max_false_positive_rate of clean MNIST test digits.",
+)
+
+
+def _gate(spec: AssetCheckSpec, value: float, bound: float, at_least: bool) -> AssetCheckResult:
+    passed = value >= bound if at_least else value <= bound
+    return AssetCheckResult(
+        check_name=spec.name,
+        asset_key=spec.asset_key,
+        passed=bool(passed),
+        severity=AssetCheckSeverity.ERROR,
+        description=f"{value:.4f} {'>=' if at_least else '<='} {bound:.4f} required",
+        metadata={"value": float(value), "bound": float(bound)},
+    )
+
+
+def classifier_checks(test_accuracy: float, min_test_accuracy: float) -> list[AssetCheckResult]:
+    return [_gate(CLASSIFIER_ACCURACY, test_accuracy, min_test_accuracy, at_least=True)]
+
+
+def concept_checks(
+    detection_rate: float, false_positive_rate: float, min_detection_rate: float, max_false_positive_rate: float
+) -> list[AssetCheckResult]:
+    return [
+        _gate(CONCEPT_DETECTION, detection_rate, min_detection_rate, at_least=True),
+        _gate(CONCEPT_FALSE_POSITIVES, false_positive_rate, max_false_positive_rate, at_least=False),
+    ]

@@ -1,0 +1,89 @@
+"""Every stage's parameters, as Dagster ``Config`` classes.
+
+``PipelineConfig`` gathers them into the one run-config file (``run_config.yaml``) that
+jobs map onto their assets. Because that mapping runs when a run is created, an unknown
+field or a bad value (a negative learning rate) fails before any step starts, with an
+error naming the field."""
+
+from __future__ import annotations
+
+from dagster import Config
+from pydantic import Field
+
+from mnist_ml.classifier import ARCHITECTURES
+from mnist_ml.training import FitParams
+
+MNIST_MIRRORS = [
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+]
+NOTMNIST_MIRRORS = ["http://yaroslavvb.com/upload/notMNIST/"]
+
+
+class DownloadConfig(Config):
+    timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout in seconds.")
+    retries: int = Field(default=3, ge=0, le=10, description="Retries per mirror on transient errors.")
+    backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles on each retry.")
+
+
+class MnistDataConfig(DownloadConfig):
+    mirrors: list[str] = Field(
+        default=MNIST_MIRRORS,
+        min_length=1,
+        description="Base URLs tried in order (http, https or file://) for the four MNIST files.",
+    )
+
+
+class NotMnistDataConfig(DownloadConfig):
+    mirrors: list[str] = Field(
+        default=NOTMNIST_MIRRORS, min_length=1, description="Base URLs tried in order for notMNIST_small.tar.gz."
+    )
+    archive_sha256: str | None = Field(
+        default=None,
+        description="Pin the archive's sha256 if you know it; otherwise the computed one is recorded.",
+    )
+
+
+class TrainingConfig(Config):
+    learning_rate: float = Field(default=2e-3, gt=0, le=1, description="Adam's initial learning rate (cosine decay).")
+    epochs: int = Field(default=8, ge=1, le=1000)
+    batch_size: int = Field(default=128, ge=1, le=60000)
+    validation_fraction: float = Field(default=0.1, gt=0, lt=1, description="Share of the training set held out.")
+    seed: int = Field(default=0, ge=0)
+
+    def fit_params(self) -> FitParams:
+        return FitParams(self.learning_rate, self.epochs, self.batch_size, self.validation_fraction, self.seed)
+
+
+class ClassifierConfig(TrainingConfig):
+    architecture: str = Field(default="dense", description=f"One of {ARCHITECTURES}.", pattern="^(dense|cnn)$")
+    hidden_units: list[int] = Field(default=[256, 64], min_length=1, description="Dense ReLU layer sizes.")
+    min_test_accuracy: float = Field(
+        default=0.97, ge=0, le=1, description="Blocking check: test accuracy must reach this."
+    )
+
+
+class ConceptModelConfig(TrainingConfig):
+    epochs: int = Field(default=6, ge=1, le=1000)
+    encoder_units: list[int] = Field(
+        default=[256, 128], min_length=1, description="Encoder layer sizes; the decoder mirrors them."
+    )
+    threshold_percentile: float = Field(
+        default=99.0, gt=0, lt=100, description="Percentile of held-out clean scores used as the OOD threshold."
+    )
+    noise_amplitude: float = Field(
+        default=0.5, gt=0, le=1, description="Noisy-digit test: uniform noise in [-a, a] added to MNIST test images."
+    )
+    min_detection_rate: float = Field(default=0.95, ge=0, le=1, description="Blocking check on notMNIST.")
+    max_false_positive_rate: float = Field(default=0.02, ge=0, le=1, description="Blocking check on MNIST test.")
+
+
+class PipelineConfig(Config):
+    """The whole chain's parameters, in one place."""
+
+    data_dir: str = Field(default="var/data", description="Data store root (a mounted volume on Kubernetes).")
+    mnist: MnistDataConfig = MnistDataConfig()
+    notmnist: NotMnistDataConfig = NotMnistDataConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    concept_model: ConceptModelConfig = ConceptModelConfig()

@@ -1,0 +1,1 @@
+"""Plain ML and I/O logic for the MNIST pipeline. Nothing here imports Dagster."""

@@ -1,0 +1,75 @@
+"""PNG plots people would rather look at than read. Each function returns PNG bytes."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def image_grid(images: np.ndarray, captions: Sequence[str], columns: int = 10) -> bytes:
+    """Images (uint8 or float in [0, 1]) in a grid, each with a caption above it."""
+    rows = max(1, int(np.ceil(len(images) / columns)))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9, rows * 1.05), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions, strict=False):
+        ax.imshow(image, cmap="gray_r", vmin=0, vmax=255 if image.dtype == np.uint8 else 1)
+        ax.set_title(caption, fontsize=8)
+    return _png(fig)
+
+
+def confusion_matrix_plot(matrix: np.ndarray, class_names: Sequence[str]) -> bytes:
+    """Counts with true classes as rows; the diagonal is what we got right."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.imshow(np.log1p(matrix), cmap="Blues")
+    for (row, col), count in np.ndenumerate(matrix):
+        color = "white" if row == col else "black"
+        ax.text(col, row, str(count), ha="center", va="center", fontsize=7, color=color)
+    ax.set_xticks(range(len(class_names)), class_names)
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    return _png(fig)
+
+
+def training_curves(history: Mapping[str, Sequence[float]], title: str) -> bytes:
+    """One panel per metric, training and validation together."""
+    metrics = sorted(name for name in history if not name.startswith("val_") and name != "learning_rate")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.2), squeeze=False)
+    for ax, name in zip(axes.flat, metrics, strict=True):
+        epochs = np.arange(1, len(history[name]) + 1)
+        ax.plot(epochs, history[name], marker="o", label="train")
+        if f"val_{name}" in history:
+            ax.plot(epochs, history[f"val_{name}"], marker="o", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{title}: {name}")
+        ax.legend()
+    return _png(fig)
+
+
+def score_histogram(scores: Mapping[str, np.ndarray], threshold: float) -> bytes:
+    """Concept scores per dataset on a log axis, with the out-of-distribution threshold."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    positive = np.concatenate([s[s > 0] for s in scores.values()])
+    bins = np.geomspace(positive.min(), positive.max(), 80)
+    for name, values in scores.items():
+        ax.hist(np.clip(values, bins[0], None), bins=bins, alpha=0.55, label=name)
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("reconstruction MSE (concept score)")
+    ax.set_ylabel("images")
+    ax.legend()
+    return _png(fig)

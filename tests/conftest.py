@@ -1,0 +1,78 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+
+
+@dataclass
+class HttpMirror:
+    """A real HTTP server on 127.0.0.1 serving `root`; `url` is its base URL."""
+
+    root: Path
+    url: str = ""
+    requests: list[str] = field(default_factory=list)  # request paths, in order
+    # Request path -> status codes to answer with, one per request, before serving normally.
+    scripted: dict[str, list[int]] = field(default_factory=dict)
+
+
+@pytest.fixture
+def http_mirror(tmp_path: Path) -> Iterator[HttpMirror]:
+    """Serve a fresh temp dir over HTTP for one test; stopped and joined afterwards."""
+    mirror = HttpMirror(root=tmp_path / "www")
+    mirror.root.mkdir()
+
+    class Handler(SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, directory=str(mirror.root), **kwargs)
+
+        def do_GET(self) -> None:
+            mirror.requests.append(self.path)
+            queued = mirror.scripted.get(self.path)
+            if queued:
+                self.send_error(queued.pop(0))
+                return
+            super().do_GET()
+
+        def log_message(self, *args: object) -> None:
+            """Keep test output quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    # A short poll interval keeps shutdown() (and so teardown) fast.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    mirror.url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        yield mirror
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+SHARED_DATA = Path(os.environ.get("MNIST_MIRROR_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def real_mirrors() -> dict[str, list[str]]:
+    """Mirrors holding the real datasets: the local copy in ../shared/data (or
+    $MNIST_MIRROR_DIR) when present, else the upstream mirrors if they answer."""
+    if (SHARED_DATA / "mnist").is_dir() and (SHARED_DATA / "notmnist").is_dir():
+        url = SHARED_DATA.resolve().as_uri()
+        return {"mnist": [f"{url}/mnist/"], "notmnist": [f"{url}/notmnist/"]}
+    from mnist_assets.config import MNIST_MIRRORS, NOTMNIST_MIRRORS
+
+    try:
+        requests.head(f"{MNIST_MIRRORS[0]}t10k-labels-idx1-ubyte.gz", timeout=5).raise_for_status()
+        requests.head(f"{NOTMNIST_MIRRORS[0]}notMNIST_small.tar.gz", timeout=5).raise_for_status()
+    except requests.RequestException as exc:
+        pytest.skip(f"real data unavailable: no local mirror at {SHARED_DATA} and upstream unreachable ({exc})")
+    return {"mnist": MNIST_MIRRORS, "notmnist": NOTMNIST_MIRRORS}

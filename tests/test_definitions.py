@@ -1,0 +1,67 @@
+"""The code location loads, the job resolves, and run_config.yaml is the one complete config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import DagsterInvalidConfigError, validate_run_config
+from dagster._core.errors import DagsterConfigMappingFunctionError
+
+from mnist_assets.config import PipelineConfig
+from mnist_assets.definitions import defs
+
+RUN_CONFIG = Path(__file__).resolve().parents[1] / "run_config.yaml"
+
+
+def _fields(model) -> set[str]:
+    """Dotted paths of every leaf field of a Config class."""
+    paths = set()
+    for name, info in model.model_fields.items():
+        nested = info.annotation
+        if isinstance(nested, type) and hasattr(nested, "model_fields"):
+            paths |= {f"{name}.{sub}" for sub in _fields(nested)}
+        else:
+            paths.add(name)
+    return paths
+
+
+def _keys(mapping, prefix="") -> set[str]:
+    paths = set()
+    for key, value in mapping.items():
+        paths |= _keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+    return paths
+
+
+def test_definitions_load_and_job_resolves():
+    job = defs.resolve_job_def("mnist_training")
+    assets = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
+    assert assets == {"mnist_dataset", "notmnist_dataset", "mnist_classifier", "mnist_concept_model"}
+    checks = {key.name for key in job.asset_layer.asset_graph.asset_check_keys}
+    assert "test_accuracy_at_least_minimum" in checks and "detection_rate_at_least_minimum" in checks
+
+
+def test_run_config_file_lists_every_parameter_and_validates():
+    config = yaml.safe_load(RUN_CONFIG.read_text())
+    assert _keys(config) == _fields(PipelineConfig)
+    resolved = validate_run_config(defs.resolve_job_def("mnist_training"), config)
+    assert resolved["ops"]["mnist_classifier"]["config"]["hidden_units"] == [256, 64]
+    assert resolved["resources"]["data_store"]["config"]["root"] == "var/data"
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        ({"classifier": {"learning_rate": -0.1}}, "classifier.learning_rate"),
+        ({"concept_model": {"threshold_percentile": 100}}, "concept_model.threshold_percentile"),
+        ({"classifier": {"architecture": "transformer"}}, "classifier.architecture"),
+        ({"classifier": {"learnin_rate": 0.1}}, "learnin_rate"),
+        ({"mnist": {"mirrors": []}}, "mnist.mirrors"),
+    ],
+)
+def test_bad_value_fails_at_validation_naming_the_field(bad, field):
+    with pytest.raises((DagsterInvalidConfigError, DagsterConfigMappingFunctionError)) as error:
+        validate_run_config(defs.resolve_job_def("mnist_training"), bad)
+    message = str(error.value) + str(error.value.__cause__ or "")
+    assert field in message

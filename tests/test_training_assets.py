@@ -1,0 +1,99 @@
+"""The data and model assets through Dagster, on the real data (../shared/data or upstream).
+
+Runs in-process with few epochs; the multi-process job is covered by test_cli_job.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from dagster import AssetCheckKey, AssetKey, materialize
+
+from mnist_assets.assets import mnist_classifier, mnist_concept_model, mnist_dataset, notmnist_dataset
+from mnist_ml.savedmodel import LoadedModel, read_concept_calibration
+from resources import DataStore
+
+ASSETS = [mnist_dataset, notmnist_dataset, mnist_classifier, mnist_concept_model]
+
+
+def _run_config(mirrors, **overrides):
+    classifier = {"epochs": 2, "min_test_accuracy": 0.9, **overrides.get("classifier", {})}
+    concept = {"epochs": 2, "min_detection_rate": 0.8, "max_false_positive_rate": 0.05}
+    return {
+        "ops": {
+            "mnist_dataset": {"config": {"mirrors": mirrors["mnist"]}},
+            "notmnist_dataset": {"config": {"mirrors": mirrors["notmnist"]}},
+            "mnist_classifier": {"config": classifier},
+            "mnist_concept_model": {"config": concept},
+        }
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, real_mirrors):
+    """One real run of all four assets and their checks, shared by the tests below."""
+    store = DataStore(root=str(tmp_path_factory.mktemp("store")))
+    result = materialize(ASSETS, run_config=_run_config(real_mirrors), resources={"data_store": store})
+    return result, store
+
+
+def test_datasets_are_verified_arrays_with_metadata(trained):
+    result, store = trained
+    assert result.success
+    mnist = store.load_arrays("mnist")
+    assert mnist["x_train"].shape == (60000, 28, 28) and mnist["x_train"].dtype == np.uint8
+    assert mnist["x_test"].shape == (10000, 28, 28)
+    notmnist = store.load_arrays("notmnist")
+    assert notmnist["x"].shape[1:] == (28, 28) and set(np.unique(notmnist["y"])) == set(range(10))
+
+    meta = result.asset_materializations_for_node("mnist_dataset")[0].metadata
+    assert meta["train_images"].value == 60000
+    assert len(meta["payload_sha256"].value) == 4
+    assert "data:image/png;base64," in meta["samples"].value
+    nm_meta = result.asset_materializations_for_node("notmnist_dataset")[0].metadata
+    assert nm_meta["images"].value == len(notmnist["x"])
+    assert nm_meta["skipped"].value == 0  # the local sample has no unreadable PNGs
+    assert (store.path("plots", "mnist_samples.png")).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_classifier_export_accuracy_and_passing_check(trained):
+    result, store = trained
+    meta = result.asset_materializations_for_node("mnist_classifier")[0].metadata
+    assert meta["test_accuracy"].value > 0.9
+    mnist = store.load_arrays("mnist")
+    out = LoadedModel(store.path("models", "classifier"))(mnist["x_test"][:500].astype(np.float32) / 255)
+    assert np.mean(out["class_ids"] == mnist["y_test"][:500]) > 0.85
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["test_accuracy_at_least_minimum"].passed
+    metrics = json.loads(store.path("models", "classifier.metrics.json").read_text())
+    assert metrics["parameters"] == 784 * 256 + 256 + 256 * 64 + 64 + 64 * 10 + 10
+
+
+def test_concept_model_separates_notmnist(trained):
+    result, store = trained
+    meta = result.asset_materializations_for_node("mnist_concept_model")[0].metadata
+    assert meta["notmnist_roc_auc"].value > 0.97
+    assert meta["noisy_mnist_roc_auc"].value > 0.9
+    calibration = read_concept_calibration(store.path("models", "concept_model"))
+    assert calibration["threshold"] == pytest.approx(meta["threshold"].value)
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["detection_rate_at_least_minimum"].passed
+    assert checks["false_positive_rate_at_most_maximum"].passed
+
+
+def test_failing_check_is_recorded_as_blocking_error(trained, real_mirrors):
+    """An impossible accuracy bar fails the classifier's blocking check (severity ERROR).
+    Not covered here: that downstream assets then don't run (there are none yet)."""
+    _, store = trained
+    config = _run_config(real_mirrors, classifier={"epochs": 1, "min_test_accuracy": 1.0})
+    result = materialize(
+        [mnist_classifier],
+        run_config={"ops": {"mnist_classifier": config["ops"]["mnist_classifier"]}},
+        resources={"data_store": store},
+        raise_on_error=False,
+    )
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.asset_check_key == AssetCheckKey(AssetKey("mnist_classifier"), "test_accuracy_at_least_minimum")
+    assert not evaluation.passed
+    assert evaluation.severity.value == "ERROR"
