@@ -10,8 +10,7 @@ from __future__ import annotations
 from dagster import Config
 from pydantic import Field
 
-from mnist_ml.classifier import ARCHITECTURES
-from mnist_ml.training import FitParams
+from mnist_ml.hyperparams import ARCHITECTURES, FitParams
 
 MNIST_MIRRORS = [
     "https://ossci-datasets.s3.amazonaws.com/mnist/",

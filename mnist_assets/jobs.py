@@ -1,6 +1,5 @@
 """Jobs, each configured from the one ``PipelineConfig`` (see ``run_config.yaml``)."""
 
-
 from dagster import AssetSelection, RunConfig, config_mapping, define_asset_job
 
 from mnist_assets.assets import mnist_classifier, mnist_concept_model, mnist_dataset, notmnist_dataset

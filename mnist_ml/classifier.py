@@ -7,9 +7,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from mnist_ml.training import FitParams, FitResult, Log, fit, split_validation, to_unit_float
-
-ARCHITECTURES = ("dense", "cnn")
+from mnist_ml.hyperparams import ARCHITECTURES, FitParams
+from mnist_ml.training import FitResult, Log, fit
 
 
 def build_classifier(architecture: str, hidden_units: Sequence[int], seed: int) -> keras.Model:
@@ -37,15 +36,6 @@ def train_classifier(
     log: Log,
 ) -> FitResult:
     """Train on uint8 images, holding out ``params.validation_fraction`` for validation."""
-    x = to_unit_float(images)
-    train_idx, val_idx = split_validation(len(x), params.validation_fraction, params.seed)
     model = build_classifier(architecture, hidden_units, params.seed)
-    return fit(
-        "classifier",
-        model,
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        (x[train_idx], labels[train_idx], x[val_idx], labels[val_idx]),
-        params,
-        log,
-        metrics=["accuracy"],
-    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return fit("classifier", model, loss, images, labels, params, log, metrics=["accuracy"])

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from mnist_ml.training import FitParams, FitResult, Log, fit, split_validation, to_unit_float
+from mnist_ml.datasets import to_unit_float
+from mnist_ml.hyperparams import FitParams
+from mnist_ml.training import FitResult, Log, fit, split_validation
 
 
 @dataclass(frozen=True)
@@ -33,18 +35,10 @@ def train_concept_model(
     images: np.ndarray, encoder_units: Sequence[int], params: FitParams, log: Log
 ) -> ConceptTraining:
     """Fit the autoencoder to reproduce uint8 training digits; keep the held-out part."""
-    x = to_unit_float(images)
-    train_idx, val_idx = split_validation(len(x), params.validation_fraction, params.seed)
     model = build_autoencoder(encoder_units, params.seed)
-    result = fit(
-        "concept model",
-        model,
-        keras.losses.MeanSquaredError(),
-        (x[train_idx], x[train_idx], x[val_idx], x[val_idx]),
-        params,
-        log,
-    )
-    return ConceptTraining(result, x[val_idx])
+    result = fit("concept model", model, keras.losses.MeanSquaredError(), images, None, params, log)
+    _, val_idx = split_validation(len(images), params.validation_fraction, params.seed)
+    return ConceptTraining(result, to_unit_float(images[val_idx]))
 
 
 def calibrate_threshold(clean_scores: np.ndarray, percentile: float) -> float:

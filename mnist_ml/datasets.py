@@ -38,6 +38,11 @@ def load_mnist(raw_dir: Path) -> dict[str, np.ndarray]:
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 
+def to_unit_float(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels to float32 in [0, 1], the models' input contract."""
+    return images.astype(np.float32) / np.float32(255.0)
+
+
 def class_counts(labels: np.ndarray, names: list[str]) -> dict[str, int]:
     """Images per class, by class name."""
     counts = np.bincount(labels.astype(np.int64), minlength=len(names))

@@ -1,4 +1,4 @@
-"""Shared Keras training plumbing: seeding, the validation split, progress logging."""
+"""Shared Keras training plumbing: the validation split, uint8 input pipelines, progress logs."""
 
 from __future__ import annotations
 
@@ -8,19 +8,11 @@ from dataclasses import dataclass
 
 import keras
 import numpy as np
+import tensorflow as tf
+
+from mnist_ml.hyperparams import FitParams
 
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class FitParams:
-    """Knobs shared by both models. Learning rate decays along a cosine to zero."""
-
-    learning_rate: float = 1e-3
-    epochs: int = 8
-    batch_size: int = 128
-    validation_fraction: float = 0.1
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -30,16 +22,29 @@ class FitResult:
     seconds: float
 
 
-def to_unit_float(images: np.ndarray) -> np.ndarray:
-    """uint8 pixels to float32 in [0, 1], the models' input contract."""
-    return images.astype(np.float32) / np.float32(255.0)
-
-
 def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Shuffled train and held-out index arrays; the same seed gives the same split."""
     order = np.random.default_rng(seed).permutation(n)
     n_val = max(1, int(round(n * fraction)))
     return order[n_val:], order[:n_val]
+
+
+def _scale(images: tf.Tensor) -> tf.Tensor:
+    return tf.cast(images, tf.float32) / 255.0
+
+
+def _batches(images: np.ndarray, labels: np.ndarray | None, params: FitParams, shuffle: bool) -> tf.data.Dataset:
+    """Batches scaled to [0, 1] on the fly, so only the uint8 images sit in memory.
+    Without labels the target is the input itself (an autoencoder)."""
+    dataset = tf.data.Dataset.from_tensor_slices(images if labels is None else (images, labels))
+    if shuffle:
+        dataset = dataset.shuffle(len(images), seed=params.seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(params.batch_size)
+    if labels is None:
+        dataset = dataset.map(lambda x: (_scale(x), _scale(x)))
+    else:
+        dataset = dataset.map(lambda x, y: (_scale(x), y))
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 class _EpochLog(keras.callbacks.Callback):
@@ -58,26 +63,25 @@ def fit(
     name: str,
     model: keras.Model,
     loss: keras.losses.Loss,
-    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    images: np.ndarray,
+    labels: np.ndarray | None,
     params: FitParams,
     log: Log,
     metrics: list[str] | None = None,
 ) -> FitResult:
-    """Compile with Adam on a cosine-decayed learning rate and fit, logging each epoch."""
-    x_train, y_train, x_val, y_val = data
-    steps = params.epochs * int(np.ceil(len(x_train) / params.batch_size))
+    """Hold out a validation split of the uint8 ``images``, compile with Adam on a
+    cosine-decayed learning rate and fit, logging each epoch. ``labels=None`` trains
+    the model to reproduce its input."""
+    train_idx, val_idx = split_validation(len(images), params.validation_fraction, params.seed)
+    train = _batches(images[train_idx], None if labels is None else labels[train_idx], params, shuffle=True)
+    val = _batches(images[val_idx], None if labels is None else labels[val_idx], params, shuffle=False)
+    steps = params.epochs * int(np.ceil(len(train_idx) / params.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(params.learning_rate, decay_steps=steps)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=metrics or [])
-    log(f"{name}: training {model.count_params():,} parameters on {len(x_train):,} images")
+    log(f"{name}: training {model.count_params():,} parameters on {len(train_idx):,} images")
     start = time.perf_counter()
     history = model.fit(
-        x_train,
-        y_train,
-        validation_data=(x_val, y_val),
-        epochs=params.epochs,
-        batch_size=params.batch_size,
-        verbose=0,
-        callbacks=[_EpochLog(name, params.epochs, log)],
+        train, validation_data=val, epochs=params.epochs, verbose=0, callbacks=[_EpochLog(name, params.epochs, log)]
     )
     seconds = time.perf_counter() - start
     return FitResult(model, {k: [float(v) for v in vs] for k, vs in history.history.items()}, seconds)

@@ -1,0 +1,64 @@
+"""The README's main command path: `dagster job execute` on run_config.yaml, multi-process,
+with a persistent DAGSTER_HOME, on the real data with one epoch per model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _execute(tmp_path: Path, override: dict) -> subprocess.CompletedProcess:
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    (tmp_path / "override.yaml").write_text(json.dumps({"data_dir": str(tmp_path / "data"), **override}))
+    command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "mnist_assets.definitions"]
+    command += ["-j", "mnist_training", "-c", str(ROOT / "run_config.yaml"), "-c", str(tmp_path / "override.yaml")]
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _overlap(a, b) -> bool:
+    return a.start_time < b.end_time and b.start_time < a.end_time
+
+
+def test_job_runs_steps_in_parallel_and_succeeds(tmp_path, real_mirrors):
+    quick = {"epochs": 1}
+    result = _execute(
+        tmp_path,
+        {
+            "mnist": {"mirrors": real_mirrors["mnist"]},
+            "notmnist": {"mirrors": real_mirrors["notmnist"]},
+            "classifier": {**quick, "min_test_accuracy": 0.9},
+            "concept_model": {**quick, "min_detection_rate": 0.5, "max_false_positive_rate": 0.05},
+        },
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+        (run,) = instance.get_runs()
+        assert run.status == DagsterRunStatus.SUCCESS
+        steps = {s.step_key: s for s in instance.get_run_step_stats(run.run_id)}
+    assert set(steps) == {"mnist_dataset", "notmnist_dataset", "mnist_classifier", "mnist_concept_model"}
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU: the multiprocess executor runs one step at a time")
+    assert _overlap(steps["mnist_dataset"], steps["notmnist_dataset"]), "downloads did not run in parallel"
+    assert _overlap(steps["mnist_classifier"], steps["mnist_concept_model"]), "trainings did not run in parallel"
+    assert (tmp_path / "data" / "models" / "classifier" / "saved_model.pb").exists()
+
+
+def test_bad_value_fails_before_any_step(tmp_path):
+    result = _execute(tmp_path, {"classifier": {"learning_rate": -0.001}})
+    assert result.returncode != 0
+    assert "classifier.learning_rate" in result.stderr
+    assert "greater than 0" in result.stderr
+    assert not (tmp_path / "data").exists(), "a step ran despite the bad config"
+    with DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+        assert instance.get_runs() == []
