@@ -81,7 +81,12 @@ def fit(
     log(f"{name}: training {model.count_params():,} parameters on {len(train_idx):,} images")
     start = time.perf_counter()
     history = model.fit(
-        train, validation_data=val, epochs=params.epochs, verbose=0, callbacks=[_EpochLog(name, params.epochs, log)]
+        train,
+        validation_data=val,
+        epochs=params.epochs,
+        shuffle=False,  # the dataset reshuffles itself every epoch
+        verbose=0,
+        callbacks=[_EpochLog(name, params.epochs, log)],
     )
     seconds = time.perf_counter() - start
     return FitResult(model, {k: [float(v) for v in vs] for k, vs in history.history.items()}, seconds)

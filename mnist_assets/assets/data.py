@@ -1,5 +1,8 @@
 """Dataset assets: download from mirrors, verify, turn into compact uint8 arrays."""
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
@@ -7,12 +10,34 @@ from mnist_assets import metadata
 from mnist_assets.config import MnistDataConfig, NotMnistDataConfig
 from mnist_ml import plots
 from mnist_ml.datasets import DIGITS, MNIST_FILES, NOTMNIST_ARCHIVE, class_counts, load_mnist
+from mnist_ml.download import FetchResult
 from mnist_ml.idx import validate_idx
 from mnist_ml.notmnist import LETTERS, load_notmnist, safe_extract, validate_archive
 from resources import DataStore
 
 OWNERS = ["team:mlops"]
 SAMPLES_PER_CLASS = 4
+
+
+def _fetch(
+    context: AssetExecutionContext,
+    data_store: DataStore,
+    config: MnistDataConfig | NotMnistDataConfig,
+    filename: str,
+    sha256: str | None,
+    validate: Callable[[Path], None],
+) -> FetchResult:
+    """Fetch with this dataset's mirrors, timeout and retries, logging progress to the run."""
+    return data_store.fetch(
+        filename,
+        config.mirrors,
+        payload_sha256=sha256,
+        validate=validate,
+        timeout=config.timeout_s,
+        retries=config.retries,
+        backoff=config.backoff_s,
+        log=context.log.info,
+    )
 
 
 def _sample_grid(images: np.ndarray, labels: np.ndarray, names: list[str] | str) -> bytes:
@@ -31,16 +56,7 @@ def _sample_grid(images: np.ndarray, labels: np.ndarray, names: list[str] | str)
 def mnist_dataset(context: AssetExecutionContext, config: MnistDataConfig, data_store: DataStore):
     checksums = {}
     for filename, sha256 in MNIST_FILES.items():
-        fetched = data_store.fetch(
-            filename,
-            config.mirrors,
-            payload_sha256=sha256,
-            validate=validate_idx,
-            timeout=config.timeout_s,
-            retries=config.retries,
-            backoff=config.backoff_s,
-            log=context.log.info,
-        )
+        fetched = _fetch(context, data_store, config, filename, sha256, validate_idx)
         checksums[filename] = fetched.sha256
         context.log.info(f"{filename}: {'cached' if fetched.cached else 'from ' + str(fetched.url)}")
     arrays = load_mnist(data_store.path("raw"))
@@ -68,16 +84,7 @@ def mnist_dataset(context: AssetExecutionContext, config: MnistDataConfig, data_
     "extracted safely, unreadable PNGs skipped, stored as uint8 arrays (processed/notmnist.npz).",
 )
 def notmnist_dataset(context: AssetExecutionContext, config: NotMnistDataConfig, data_store: DataStore):
-    fetched = data_store.fetch(
-        NOTMNIST_ARCHIVE,
-        config.mirrors,
-        payload_sha256=config.archive_sha256,
-        validate=validate_archive,
-        timeout=config.timeout_s,
-        retries=config.retries,
-        backoff=config.backoff_s,
-        log=context.log.info,
-    )
+    fetched = _fetch(context, data_store, config, NOTMNIST_ARCHIVE, config.archive_sha256, validate_archive)
     root = safe_extract(fetched.path, data_store.path("raw", "notmnist"))
     glyphs = load_notmnist(root, log=context.log.info)
     if glyphs.skipped:

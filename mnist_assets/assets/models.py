@@ -28,6 +28,21 @@ CLASSIFIER_DIR = "models/classifier"
 CONCEPT_DIR = "models/concept_model"
 
 
+def _record(data_store: DataStore, model_dir: str, fit, config, metrics: dict, pngs: dict[str, bytes]) -> dict:
+    """Write ``<model_dir>.metrics.json`` and the plots; return the shared metadata entries."""
+    facts = {"training_seconds": fit.seconds, "parameters": fit.model.count_params()}
+    summary = {**metrics, **facts, "history": fit.history, "config": config.model_dump()}
+    data_store.write_bytes(f"{model_dir}.metrics.json", json.dumps(summary, indent=2).encode())
+    prefix = model_dir.rsplit("/", 1)[-1]
+    for name, image in pngs.items():
+        data_store.write_bytes(f"plots/{prefix}_{name}.png", image)
+    return {
+        **facts,
+        **{name: metadata.png(image, name.replace("_", " ")) for name, image in pngs.items()},
+        "saved_model": MetadataValue.path(str(data_store.path(model_dir))),
+    }
+
+
 @asset(
     group_name="models",
     owners=OWNERS,
@@ -42,45 +57,28 @@ def mnist_classifier(context: AssetExecutionContext, config: ClassifierConfig, d
     from mnist_ml.savedmodel import LoadedModel, export_classifier
 
     data = data_store.load_arrays("mnist")
+    x_train, y_train = data["x_train"], data["y_train"]
     trained = train_classifier(
-        data["x_train"],
-        data["y_train"],
-        config.architecture,
-        config.hidden_units,
-        config.fit_params(),
-        context.log.info,
+        x_train, y_train, config.architecture, config.hidden_units, config.fit_params(), context.log.info
     )
     with data_store.publish_dir(CLASSIFIER_DIR) as scratch:
         export_classifier(trained.model, scratch)
     exported = LoadedModel(data_store.path(CLASSIFIER_DIR))
-    predictions = exported(to_unit_float(data["x_test"]))["class_ids"]
-    matrix = confusion_matrix(data["y_test"], predictions)
+    matrix = confusion_matrix(data["y_test"], exported(to_unit_float(data["x_test"]))["class_ids"])
     accuracy = float(np.trace(matrix) / matrix.sum())
     per_class = dict(zip(DIGITS, per_class_accuracy(matrix).tolist(), strict=True))
-    summary = {
-        "test_accuracy": accuracy,
-        "per_class_accuracy": per_class,
-        "training_seconds": trained.seconds,
-        "parameters": trained.model.count_params(),
-        "history": trained.history,
-        "config": config.model_dump(),
-    }
-    data_store.write_bytes(f"{CLASSIFIER_DIR}.metrics.json", json.dumps(summary, indent=2).encode())
-    confusion_png = plots.confusion_matrix_plot(matrix, DIGITS)
-    curves_png = plots.training_curves(trained.history, "classifier")
-    data_store.write_bytes("plots/classifier_confusion_matrix.png", confusion_png)
-    data_store.write_bytes("plots/classifier_training_curves.png", curves_png)
     context.log.info(f"classifier test accuracy {accuracy:.4f}")
+    pngs = {
+        "confusion_matrix": plots.confusion_matrix_plot(matrix, DIGITS),
+        "training_curves": plots.training_curves(trained.history, "classifier"),
+    }
+    metrics = {"test_accuracy": accuracy, "per_class_accuracy": per_class}
     return MaterializeResult(
         metadata={
             "test_accuracy": accuracy,
             "validation_accuracy": trained.history["val_accuracy"][-1],
             "per_class_accuracy": metadata.table(per_class, "digit", "accuracy"),
-            "confusion_matrix": metadata.png(confusion_png, "confusion matrix"),
-            "training_curves": metadata.png(curves_png, "training curves"),
-            "training_seconds": trained.seconds,
-            "parameters": trained.model.count_params(),
-            "saved_model": MetadataValue.path(str(data_store.path(CLASSIFIER_DIR))),
+            **_record(data_store, CLASSIFIER_DIR, trained, config, metrics, pngs),
         },
         check_results=classifier_checks(accuracy, config.min_test_accuracy),
     )
@@ -118,31 +116,18 @@ def mnist_concept_model(context: AssetExecutionContext, config: ConceptModelConf
     }
     notmnist_report = ood_report(scores["MNIST test"], scores["notMNIST"], threshold)
     noisy_report = ood_report(scores["MNIST test"], scores["noisy MNIST"], threshold)
-    summary = {
-        "threshold": threshold,
-        "notmnist": notmnist_report,
-        "noisy_mnist": noisy_report,
-        "training_seconds": trained.fit.seconds,
-        "parameters": trained.fit.model.count_params(),
-        "history": trained.fit.history,
-        "config": config.model_dump(),
-    }
-    data_store.write_bytes(f"{CONCEPT_DIR}.metrics.json", json.dumps(summary, indent=2).encode())
-    histogram_png = plots.score_histogram(scores, threshold)
-    curves_png = plots.training_curves(trained.fit.history, "autoencoder")
-    data_store.write_bytes("plots/concept_score_histogram.png", histogram_png)
-    data_store.write_bytes("plots/concept_training_curves.png", curves_png)
     context.log.info(f"concept model: notMNIST {notmnist_report}, noisy digits {noisy_report}")
+    pngs = {
+        "score_histogram": plots.score_histogram(scores, threshold),
+        "training_curves": plots.training_curves(trained.fit.history, "autoencoder"),
+    }
+    metrics = {"threshold": threshold, "notmnist": notmnist_report, "noisy_mnist": noisy_report}
     return MaterializeResult(
         metadata={
             "threshold": threshold,
             **{f"notmnist_{k}": v for k, v in notmnist_report.items()},
             **{f"noisy_mnist_{k}": v for k, v in noisy_report.items()},
-            "score_histogram": metadata.png(histogram_png, "concept scores"),
-            "training_curves": metadata.png(curves_png, "training curves"),
-            "training_seconds": trained.fit.seconds,
-            "parameters": trained.fit.model.count_params(),
-            "saved_model": MetadataValue.path(str(data_store.path(CONCEPT_DIR))),
+            **_record(data_store, CONCEPT_DIR, trained.fit, config, metrics, pngs),
         },
         check_results=concept_checks(
             notmnist_report["detection_rate"],
