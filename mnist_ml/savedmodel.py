@@ -1,14 +1,8 @@
 """Export and load the two models as TensorFlow SavedModels with explicit signatures.
 
 Servers (TF Serving, KServe, our own endpoint) call a SavedModel by signature name and
-tensor names, so we fix both here instead of relying on Keras layer auto-names:
-
-- classifier, signature ``serving_default``: input ``imgs`` float32 ``[None, 28, 28]`` in
-  [0, 1]; outputs ``class_ids`` int64 ``[None]`` and ``probabilities`` float32 ``[None, 10]``.
-- concept model, signature ``serving_default``: input ``imgs``; output ``score`` float32
-  ``[None]``, the per-image reconstruction mean squared error. The out-of-distribution
-  threshold travels with it in ``assets.extra/concept.json``.
-"""
+tensor names, so we fix both (see ``model_contract``) instead of relying on Keras layer
+auto-names."""
 
 from __future__ import annotations
 
@@ -20,9 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-SIGNATURE = "serving_default"
-INPUT_NAME = "imgs"
-CONCEPT_SIDECAR = Path("assets.extra") / "concept.json"
+from mnist_ml.model_contract import CONCEPT_SIDECAR, INPUT_NAME, SIGNATURE
+
 _IMGS_SPEC = tf.TensorSpec([None, 28, 28], tf.float32, name=INPUT_NAME)
 
 
@@ -70,8 +63,3 @@ class LoadedModel:
     def __call__(self, imgs: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self._fn(**{INPUT_NAME: tf.constant(imgs, dtype=tf.float32)})
         return {name: tensor.numpy() for name, tensor in outputs.items()}
-
-
-def read_concept_calibration(path: Path) -> dict[str, Any]:
-    """The threshold and calibration facts shipped with a concept model."""
-    return json.loads((Path(path) / CONCEPT_SIDECAR).read_text())

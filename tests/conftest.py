@@ -76,3 +76,24 @@ def real_mirrors() -> dict[str, list[str]]:
     except requests.RequestException as exc:
         pytest.skip(f"real data unavailable: no local mirror at {SHARED_DATA} and upstream unreachable ({exc})")
     return {"mnist": MNIST_MIRRORS, "notmnist": NOTMNIST_MIRRORS}
+
+
+@pytest.fixture(scope="session")
+def tiny_versions(tmp_path_factory):
+    """A registry with two published versions of small untrained models: real SavedModels
+    with the real signatures, quick to build. Their predictions are meaningless."""
+    from mnist_ml.classifier import build_classifier
+    from mnist_ml.concept import build_autoencoder
+    from mnist_ml.registry import FileModelRepository
+    from mnist_ml.savedmodel import export_classifier, export_concept_model, write_concept_calibration
+
+    root = tmp_path_factory.mktemp("tiny")
+    repository = FileModelRepository(root / "registry")
+    versions = []
+    for seed in (1, 2):
+        artifacts = {"classifier": root / f"clf{seed}", "concept_model": root / f"concept{seed}"}
+        export_classifier(build_classifier("dense", [16], seed=seed), artifacts["classifier"])
+        export_concept_model(build_autoencoder([32, 8], seed=seed), artifacts["concept_model"])
+        write_concept_calibration(artifacts["concept_model"], {"threshold": 0.2, "percentile": 99.0})
+        versions.append(repository.publish(artifacts, {"note": f"tiny seed {seed}"}))
+    return repository, versions

@@ -7,13 +7,8 @@ import tensorflow as tf
 
 from mnist_ml.classifier import build_classifier
 from mnist_ml.concept import build_autoencoder
-from mnist_ml.savedmodel import (
-    LoadedModel,
-    export_classifier,
-    export_concept_model,
-    read_concept_calibration,
-    write_concept_calibration,
-)
+from mnist_ml.model_contract import read_concept_calibration
+from mnist_ml.savedmodel import LoadedModel, export_classifier, export_concept_model, write_concept_calibration
 
 
 def _signature(path):

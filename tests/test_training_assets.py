@@ -11,7 +11,8 @@ import pytest
 from dagster import AssetCheckKey, AssetKey, materialize
 
 from mnist_assets.assets import mnist_classifier, mnist_concept_model, mnist_dataset, notmnist_dataset
-from mnist_ml.savedmodel import LoadedModel, read_concept_calibration
+from mnist_ml.model_contract import read_concept_calibration
+from mnist_ml.savedmodel import LoadedModel
 from resources import DataStore
 
 ASSETS = [mnist_dataset, notmnist_dataset, mnist_classifier, mnist_concept_model]

@@ -18,14 +18,15 @@ from mnist_assets.config import ClassifierConfig, ConceptModelConfig
 from mnist_ml import plots
 from mnist_ml.datasets import DIGITS, to_unit_float
 from mnist_ml.evaluation import add_uniform_noise, confusion_matrix, ood_report, per_class_accuracy
+from mnist_ml.model_contract import CLASSIFIER, CONCEPT_MODEL
 from resources import DataStore
 
 # TensorFlow modules are imported inside the assets: the orchestrating process and the data
 # steps then never load TensorFlow, which saves about a gigabyte per process.
 
 OWNERS = ["team:mlops"]
-CLASSIFIER_DIR = "models/classifier"
-CONCEPT_DIR = "models/concept_model"
+CLASSIFIER_DIR = f"models/{CLASSIFIER}"
+CONCEPT_DIR = f"models/{CONCEPT_MODEL}"
 
 
 def _record(data_store: DataStore, model_dir: str, fit, config, metrics: dict, pngs: dict[str, bytes]) -> dict:

@@ -1,0 +1,39 @@
+"""``python -m mnist_serving --model-dir <registry>/<name>/<version>``: serve one version.
+
+Binds 127.0.0.1:8080 by default. A deployer may instead pass already-listening sockets
+(``--fd``, repeatable) and ask for ``--handoff-socket`` so the next version can take over
+the same port without dropping a request."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m mnist_serving", description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, required=True, help="a registry version folder")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--fd", type=int, action="append", default=[], help="inherited listening socket")
+    parser.add_argument("--handoff-socket", type=Path, help="Unix socket offering the first listener to a successor")
+    parser.add_argument("--max-batch", type=int, default=1024, help="most images per request")
+    parser.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="largest request body")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from mnist_serving.server import serve  # after argument errors: loading TensorFlow takes seconds
+    from mnist_serving.sockets import bind_listener, offer_listener
+
+    if not (args.model_dir / "manifest.json").is_file():
+        parser.error(f"{args.model_dir} is not a registry version folder (no manifest.json)")
+    listeners = [socket.socket(fileno=fd) for fd in args.fd] or [bind_listener(args.host, args.port)]
+    if args.handoff_socket:
+        offer_listener(listeners[0], args.handoff_socket)
+    serve(args.model_dir, listeners, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes)
+
+
+if __name__ == "__main__":
+    main()

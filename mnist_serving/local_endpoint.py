@@ -1,0 +1,234 @@
+"""Run the endpoint as a local background process, and replace it without dropping requests.
+
+Deploying starts the new server on the *same* listening socket (taken over from the
+running server, or bound fresh), waits until it answers ready on a private probe port,
+records it as the endpoint, and only then stops the old server gracefully. The server
+outlives the process that deployed it; ``endpoint.json`` in the state folder says which
+process serves which version where."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import requests
+
+from mnist_serving.sockets import bind_listener, take_listener
+
+Log = Callable[[str], None]
+
+
+class DeployError(RuntimeError):
+    """The endpoint could not be (re)deployed; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    host: str
+    port: int
+    pid: int
+    version: str
+    model_dir: str
+    handoff_socket: str
+    log_file: str
+    started_at: str
+
+
+def _alive(pid: int) -> bool:
+    """True for a running server process; reaps it if it is our exited child."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    return not cmdline.exists() or b"mnist_serving" in cmdline.read_bytes()
+
+
+class LocalEndpoint:
+    """One endpoint (host, port) whose server process is managed through ``state_dir``.
+    ``port=0`` picks a free port on the first deploy and keeps it after."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        startup_timeout: float = 120.0,
+        stop_timeout: float = 30.0,
+        server_args: tuple[str, ...] = (),
+        log: Log = print,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.host, self.port = host, port
+        self.startup_timeout, self.stop_timeout = startup_timeout, stop_timeout
+        self.server_args = server_args
+        self.log = log
+        self.state_file = self.state_dir / "endpoint.json"
+
+    def current(self) -> Endpoint | None:
+        """The endpoint recorded in the state folder, if its process still runs. Stale state
+        (a dead or foreign PID) is reported and cleared."""
+        if not self.state_file.exists():
+            return None
+        endpoint = Endpoint(**json.loads(self.state_file.read_text()))
+        if _alive(endpoint.pid):
+            return endpoint
+        self.log(f"stale endpoint state: pid {endpoint.pid} (version {endpoint.version}) is not running; clearing it")
+        self._clear(endpoint)
+        return None
+
+    def deploy(self, model_dir: Path, version: str) -> Endpoint:
+        """Serve ``model_dir`` at this endpoint. Returns once the new server is live and
+        the previous one (if any) has stopped."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        old = self.current()
+        if old and (old.host != self.host or self.port not in (0, old.port)):
+            raise DeployError(
+                f"an endpoint already runs at {old.url} (pid {old.pid}), not at {self.host}:{self.port}; "
+                "stop it first or deploy to the same host and port"
+            )
+        listener = self._take_over(old) if old else self._bind()
+        probe = bind_listener("127.0.0.1", 0)
+        port, probe_port = listener.getsockname()[1], probe.getsockname()[1]
+        try:
+            endpoint, process = self._start(Path(model_dir), version, port, listener, probe)
+        finally:  # the server holds its own copies now
+            listener.close()
+            probe.close()
+        self._wait_ready(endpoint, process, probe_port)
+        self._write(endpoint)
+        if old:
+            self._stop_process(old)
+            self._clear_files(old)
+            self.log(f"stopped version {old.version} (pid {old.pid})")
+        return endpoint
+
+    def stop(self) -> Endpoint | None:
+        """Stop the endpoint's server, if one runs; returns what was stopped."""
+        endpoint = self.current()
+        if endpoint:
+            self._stop_process(endpoint)
+            self._clear(endpoint)
+            self.log(f"stopped the endpoint at {endpoint.url} (version {endpoint.version}, pid {endpoint.pid})")
+        return endpoint
+
+    def _bind(self) -> socket.socket:
+        try:
+            return bind_listener(self.host, self.port)
+        except OSError as exc:
+            raise DeployError(
+                f"cannot listen on {self.host}:{self.port} ({exc.strerror}): another process uses the port and "
+                f"no endpoint of ours is recorded in {self.state_file}. Stop that process or configure another port."
+            ) from exc
+
+    def _take_over(self, old: Endpoint) -> socket.socket:
+        try:
+            return take_listener(Path(old.handoff_socket))
+        except OSError as exc:
+            raise DeployError(
+                f"the endpoint at {old.url} (pid {old.pid}) runs but does not hand over its socket at "
+                f"{old.handoff_socket} ({exc}); stop it (kill {old.pid}) and deploy again"
+            ) from exc
+
+    def _start(
+        self, model_dir: Path, version: str, port: int, listener: socket.socket, probe: socket.socket
+    ) -> tuple[Endpoint, subprocess.Popen]:
+        handoff = self.state_dir / f"handoff-{uuid.uuid4().hex[:12]}.sock"
+        log_file = self.state_dir / f"server-v{version}.log"
+        command = [sys.executable, "-m", "mnist_serving", "--model-dir", str(model_dir)]
+        command += ["--fd", str(listener.fileno()), "--fd", str(probe.fileno()), "--handoff-socket", str(handoff)]
+        command += list(self.server_args)
+        with log_file.open("ab") as out:
+            process = subprocess.Popen(
+                command,
+                pass_fds=(listener.fileno(), probe.fileno()),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # keeps serving after the deploying process exits
+            )
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        endpoint = Endpoint(
+            url=f"http://{host}:{port}",
+            host=self.host,
+            port=port,
+            pid=process.pid,
+            version=str(version),
+            model_dir=str(model_dir),
+            handoff_socket=str(handoff),
+            log_file=str(log_file),
+            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        self.log(f"started version {version} (pid {process.pid}); log: {log_file}")
+        return endpoint, process
+
+    def _wait_ready(self, endpoint: Endpoint, process: subprocess.Popen, probe_port: int) -> None:
+        url = f"http://127.0.0.1:{probe_port}/v2/health/ready"
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise DeployError(
+                    f"version {endpoint.version} exited with code {process.returncode} before it was ready; "
+                    f"the endpoint keeps serving what it served. Last log lines:\n{_tail(endpoint.log_file)}"
+                )
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(url, timeout=2).status_code == 200:
+                    self.log(f"version {endpoint.version} is ready")
+                    return
+            time.sleep(0.2)
+        self._stop_process(endpoint)
+        self._clear_files(endpoint)
+        raise DeployError(
+            f"version {endpoint.version} was not ready after {self.startup_timeout:.0f}s and was stopped; "
+            f"the endpoint keeps serving what it served. Last log lines:\n{_tail(endpoint.log_file)}"
+        )
+
+    def _stop_process(self, endpoint: Endpoint) -> None:
+        """SIGTERM (finish requests in flight, then exit), SIGKILL after stop_timeout."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(endpoint.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        while _alive(endpoint.pid):
+            if time.monotonic() > deadline:
+                self.log(f"pid {endpoint.pid} ignored SIGTERM for {self.stop_timeout:.0f}s; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(endpoint.pid, signal.SIGKILL)
+                deadline = float("inf")
+            time.sleep(0.05)
+
+    def _write(self, endpoint: Endpoint) -> None:
+        tmp = self.state_file.with_name(f".{self.state_file.name}.{uuid.uuid4().hex}")
+        tmp.write_text(json.dumps(asdict(endpoint), indent=2))
+        os.replace(tmp, self.state_file)
+
+    def _clear(self, endpoint: Endpoint) -> None:
+        self.state_file.unlink(missing_ok=True)
+        self._clear_files(endpoint)
+
+    @staticmethod
+    def _clear_files(endpoint: Endpoint) -> None:
+        Path(endpoint.handoff_socket).unlink(missing_ok=True)
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    return "(no log)"

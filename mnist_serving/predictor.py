@@ -1,0 +1,124 @@
+"""The KServe custom predictor: one registry version of the classifier and the concept model.
+
+Every prediction returns the class id, the class probabilities, the concept score and
+the out-of-distribution flag (score above the threshold shipped with the concept model)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from kserve import InferOutput, InferRequest, InferResponse, Model
+from kserve.errors import InvalidInput
+
+from mnist_ml.model_contract import CLASSIFIER, CONCEPT_MODEL, INPUT_NAME, SIGNATURE, read_concept_calibration
+from mnist_serving import metrics
+from mnist_serving.validation import InvalidImages, to_model_input
+
+OUTPUT_TYPES = {"class_ids": "INT64", "probabilities": "FP32", "concept_score": "FP32", "is_ood": "BOOL"}
+OUTPUT_SHAPES = {"class_ids": [-1], "probabilities": [-1, 10], "concept_score": [-1], "is_ood": [-1]}
+
+
+class MnistPredictor(Model):
+    """Load with ``load()``; KServe routes v1 ``:predict`` and v2 ``/infer`` to ``predict``."""
+
+    def __init__(self, name: str, version_dir: Path, max_batch: int = 1024) -> None:
+        super().__init__(name)
+        self.version_dir = Path(version_dir)
+        self.max_batch = max_batch
+        self.enable_latency_logging = False  # one log line per request would cost more than scoring
+        self.version = "unknown"
+        self.threshold = float("nan")
+
+    def load(self) -> bool:
+        manifest = json.loads((self.version_dir / "manifest.json").read_text())
+        self.version = str(manifest["version"])
+        self.threshold = float(read_concept_calibration(self.version_dir / CONCEPT_MODEL)["threshold"])
+        # Keep the loaded objects: their signatures only reference the variables they own.
+        self._saved = [tf.saved_model.load(str(self.version_dir / part)) for part in (CLASSIFIER, CONCEPT_MODEL)]
+        classify, score = (saved.signatures[SIGNATURE] for saved in self._saved)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.float32)])
+        def both(imgs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            classified = classify(**{INPUT_NAME: imgs})
+            return classified["class_ids"], classified["probabilities"], score(**{INPUT_NAME: imgs})["score"]
+
+        # One graph call per request; the concrete function skips tf.function's dispatch.
+        self._both = both.get_concrete_function()
+        metrics.VERSION.labels(version=self.version).set(1)
+        self.ready = True
+        return self.ready
+
+    def score(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Outputs for float32 [N, 28, 28] images in [0, 1]."""
+        class_ids, probabilities, concept = (t.numpy() for t in self._both(tf.constant(images)))
+        is_ood = concept > self.threshold
+        metrics.IMAGES.inc(len(images))
+        metrics.OOD_FLAGS.inc(int(is_ood.sum()))
+        return {"class_ids": class_ids, "probabilities": probabilities, "concept_score": concept, "is_ood": is_ood}
+
+    def infer(self, protocol: str, images: Callable[[], Any], respond: Callable[[dict[str, np.ndarray]], Any]) -> Any:
+        """Validate, score and respond, counting and timing the request. ``images`` extracts
+        the raw tensor (raising InvalidImages); ``respond`` encodes the protocol's answer."""
+        start = time.perf_counter()
+        try:
+            batch = to_model_input(images(), self.max_batch)
+        except InvalidImages as exc:
+            metrics.REQUESTS.labels(protocol, "invalid").inc()
+            raise InvalidInput(str(exc)) from None
+        response = respond(self.score(batch))
+        metrics.REQUESTS.labels(protocol, "ok").inc()
+        metrics.LATENCY.labels(protocol).observe(time.perf_counter() - start)
+        return response
+
+    def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None) -> dict | InferResponse:
+        if isinstance(payload, InferRequest):
+            return self.infer("v2", lambda: v2_tensor(payload), lambda result: self._v2_response(payload, result))
+        return self.infer("v1", lambda: v1_instances(payload), self._v1_response)
+
+    def _v1_response(self, result: dict[str, np.ndarray]) -> dict:
+        predictions = [
+            {"class_id": int(c), "probabilities": p.tolist(), "concept_score": float(s), "is_ood": bool(o)}
+            for c, p, s, o in zip(*result.values(), strict=True)
+        ]
+        return {"predictions": predictions, "model_version": self.version}
+
+    def _v2_response(self, request: InferRequest, result: dict[str, np.ndarray]) -> InferResponse:
+        outputs = []
+        for name, array in result.items():
+            output = InferOutput(name=name, shape=list(array.shape), datatype=OUTPUT_TYPES[name])
+            output.set_data_from_numpy(array, binary_data=False)
+            outputs.append(output)
+        return InferResponse(
+            response_id=request.id or "",
+            model_name=self.name,
+            model_version=self.version,
+            infer_outputs=outputs,
+            parameters={"threshold": self.threshold},
+        )
+
+    def get_input_types(self) -> list[dict]:
+        return [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 28, 28]}]
+
+    def get_output_types(self) -> list[dict]:
+        return [{"name": n, "datatype": t, "shape": OUTPUT_SHAPES[n]} for n, t in OUTPUT_TYPES.items()]
+
+
+def v2_tensor(request: InferRequest) -> np.ndarray:
+    if len(request.inputs) != 1:
+        raise InvalidImages(f"expected exactly one input tensor '{INPUT_NAME}', got {len(request.inputs)}")
+    try:
+        return request.inputs[0].as_numpy()
+    except (ValueError, TypeError, InvalidInput) as exc:
+        raise InvalidImages(f"input tensor does not match its shape or datatype: {exc}") from None
+
+
+def v1_instances(payload: object) -> Any:
+    if not isinstance(payload, dict) or "instances" not in payload:
+        raise InvalidImages('v1 requests need a JSON object with "instances"')
+    return payload["instances"]

@@ -1,0 +1,52 @@
+"""Run the KServe REST server for one model version on given listening sockets."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+from kserve import model_server
+from kserve.model_repository import ModelRepository
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+from kserve.protocol.rest.server import RESTServer
+
+from mnist_serving.binary_infer import BinaryInfer
+from mnist_serving.body_limit import BodyLimit
+from mnist_serving.predictor import MnistPredictor
+
+MODEL_NAME = "mnist"
+log = logging.getLogger("mnist_serving")
+
+
+def serve(
+    version_dir: Path,
+    listeners: list[socket.socket],
+    *,
+    max_batch: int = 1024,
+    max_body_bytes: int = 16 * 1024 * 1024,
+    model_name: str = MODEL_NAME,
+) -> None:
+    """Load the version, then serve v1 and v2 on every listener until SIGTERM/SIGINT,
+    which stops accepting, finishes requests in flight and exits."""
+    model = MnistPredictor(model_name, version_dir, max_batch=max_batch)
+    model.load()
+    repository = ModelRepository()
+    repository.update(model)
+    rest = RESTServer(
+        "kserve.model_server:app",
+        DataPlane(model_registry=repository),
+        ModelRepositoryExtension(model_registry=repository),
+        http_port=0,  # unused: we pass the sockets
+        timeout_keep_alive=5,
+    )
+    # Starlette runs the last-added middleware first: the size limit guards the binary path too.
+    model_server.app.add_middleware(BinaryInfer, model=model)
+    model_server.app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    for noisy in ("uvicorn.access", "kserve.trace"):  # a log line per request costs more than scoring
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    addresses = ", ".join("http://{}:{}".format(*s.getsockname()[:2]) for s in listeners)
+    log.info(f"serving {model_name} version {model.version} from {version_dir} on {addresses} (pid {os.getpid()})")
+    rest.run(sockets=listeners)
