@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/var/dagster_home
-JOB ?= mnist_training
+JOB ?= mnist_pipeline
 CONFIG ?= run_config.yaml
 
 # Offline: `make run MIRROR=../shared/data` uses that folder's mnist/ and notmnist/ instead
@@ -14,7 +14,7 @@ MIRROR_URL := file://$(abspath $(MIRROR))
 MIRROR_ARGS := -c var/local_mirror.yaml
 endif
 
-.PHONY: install run test lint bench dev clean
+.PHONY: install run stop status test lint bench dev clean
 
 install: $(BIN)/.installed
 
@@ -35,6 +35,13 @@ ifdef MIRROR
 endif
 	$(BIN)/dagster job execute -m mnist_assets.definitions -j $(JOB) -c $(CONFIG) $(MIRROR_ARGS)
 
+# The endpoint keeps serving after `make run`; these show or stop it.
+status: install
+	$(BIN)/python -m mnist_serving.local_endpoint status --state-dir var/serving
+
+stop: install
+	$(BIN)/python -m mnist_serving.local_endpoint stop --state-dir var/serving
+
 test: install
 	$(BIN)/pytest
 
@@ -42,10 +49,12 @@ lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: install
-	$(BIN)/python benchmarks/training_chain.py $(if $(MIRROR),--mirror $(MIRROR))
+	$(BIN)/python benchmarks/chain.py --job mnist_training $(if $(MIRROR),--mirror $(MIRROR))
+	$(BIN)/python benchmarks/chain.py --job mnist_pipeline $(if $(MIRROR),--mirror $(MIRROR))
+	$(BIN)/python benchmarks/serving.py
 
 dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1
 
-clean:
+clean: stop
 	rm -rf var

@@ -50,3 +50,31 @@ def concept_checks(
         _gate(CONCEPT_DETECTION, detection_rate, min_detection_rate, at_least=True),
         _gate(CONCEPT_FALSE_POSITIVES, false_positive_rate, max_false_positive_rate, at_least=False),
     ]
+
+
+# Gates on the deployed endpoint: check name -> (report value, config bound, bound is a minimum).
+DEPLOYMENT_GATES = {
+    "endpoint_accuracy": ("accuracy", "min_accuracy", True),
+    "notmnist_flagged": ("notmnist_flag_rate", "min_notmnist_flag_rate", True),
+    "noisy_digits_flagged": ("noisy_flag_rate", "min_noisy_flag_rate", True),
+    "clean_digits_rarely_flagged": ("clean_flag_rate", "max_clean_flag_rate", False),
+    "single_image_p99_latency": ("p99_latency_ms", "max_p99_latency_ms", False),
+    "malformed_requests_rejected": ("malformed_rejected", None, True),
+}
+DEPLOYMENT_CHECKS = [
+    AssetCheckSpec(
+        name,
+        asset="deployment_test_results",
+        blocking=True,
+        description=f"{value} {'>=' if at_least else '<='} {bound or 'every malformed request gets a 4xx'}",
+    )
+    for name, (value, bound, at_least) in DEPLOYMENT_GATES.items()
+]
+
+
+def deployment_checks(values: dict[str, float], bounds: dict[str, float]) -> list[AssetCheckResult]:
+    """``values`` holds the report's numbers by name; ``bounds`` the config's thresholds."""
+    return [
+        _gate(spec, values[value], bounds[bound] if bound else 1.0, at_least)
+        for spec, (value, bound, at_least) in zip(DEPLOYMENT_CHECKS, DEPLOYMENT_GATES.values(), strict=True)
+    ]

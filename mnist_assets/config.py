@@ -11,6 +11,7 @@ from dagster import Config
 from pydantic import Field
 
 from mnist_ml.hyperparams import ARCHITECTURES, FitParams
+from resources import DataStoreSettings, RegistrySettings, ServingSettings
 
 MNIST_MIRRORS = [
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -78,11 +79,25 @@ class ConceptModelConfig(TrainingConfig):
     max_false_positive_rate: float = Field(default=0.02, ge=0, le=1, description="Blocking check on MNIST test.")
 
 
+class DeploymentTestConfig(Config):
+    """Gates on the deployed endpoint. Noisy digits use the concept model's own noise setting."""
+
+    min_accuracy: float = Field(default=0.97, ge=0, le=1, description="MNIST test accuracy through the endpoint.")
+    min_notmnist_flag_rate: float = Field(default=0.95, ge=0, le=1, description="notMNIST flagged as OOD.")
+    min_noisy_flag_rate: float = Field(default=0.90, ge=0, le=1, description="Noisy digits flagged as OOD.")
+    max_clean_flag_rate: float = Field(default=0.02, ge=0, le=1, description="Clean MNIST test digits flagged.")
+    max_p99_latency_ms: float = Field(default=50.0, gt=0, description="Single-image requests, one at a time.")
+    latency_requests: int = Field(default=200, ge=10, le=100_000, description="Single-image requests to time.")
+
+
 class PipelineConfig(Config):
     """The whole chain's parameters, in one place."""
 
-    data_dir: str = Field(default="var/data", description="Data store root (a mounted volume on Kubernetes).")
+    data_store: DataStoreSettings = DataStoreSettings()
+    registry: RegistrySettings = RegistrySettings()
+    serving: ServingSettings = ServingSettings()
     mnist: MnistDataConfig = MnistDataConfig()
     notmnist: NotMnistDataConfig = NotMnistDataConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     concept_model: ConceptModelConfig = ConceptModelConfig()
+    deployment_tests: DeploymentTestConfig = DeploymentTestConfig()

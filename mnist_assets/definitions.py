@@ -2,12 +2,11 @@
 
 from dagster import Definitions
 
-from mnist_assets.assets import mnist_classifier, mnist_concept_model, mnist_dataset, notmnist_dataset
-from mnist_assets.jobs import mnist_training
-from resources import DataStore
+from mnist_assets.jobs import PIPELINE, mnist_pipeline, mnist_training
+from resources import DataStore, LocalDeployer, ModelRegistry
 
 defs = Definitions(
-    assets=[mnist_dataset, notmnist_dataset, mnist_classifier, mnist_concept_model],
-    jobs=[mnist_training],
-    resources={"data_store": DataStore()},
+    assets=PIPELINE,
+    jobs=[mnist_pipeline, mnist_training],
+    resources={"data_store": DataStore(), "registry": ModelRegistry(), "deployer": LocalDeployer()},
 )

@@ -1,30 +1,61 @@
 """Jobs, each configured from the one ``PipelineConfig`` (see ``run_config.yaml``)."""
 
-from dagster import AssetSelection, RunConfig, config_mapping, define_asset_job
+from dagster import AssetsDefinition, ConfigMapping, RunConfig, config_mapping, define_asset_job
 
-from mnist_assets.assets import mnist_classifier, mnist_concept_model, mnist_dataset, notmnist_dataset
+from mnist_assets.assets import (
+    deployment_test_results,
+    mnist_classifier,
+    mnist_concept_model,
+    mnist_dataset,
+    model_deployment,
+    notmnist_dataset,
+    uploaded_model,
+)
 from mnist_assets.config import PipelineConfig
-from resources import DataStore
+
+# Which section of PipelineConfig configures which asset.
+ASSET_SECTIONS = {
+    mnist_dataset: "mnist",
+    notmnist_dataset: "notmnist",
+    mnist_classifier: "classifier",
+    mnist_concept_model: "concept_model",
+    deployment_test_results: "deployment_tests",
+}
+RESOURCE_SECTIONS = {"data_store": "data_store", "registry": "registry", "deployer": "serving"}
 
 
-@config_mapping
-def pipeline_config(config: PipelineConfig) -> RunConfig:
-    """Spread the one config over the assets and resources; runs when a run is created,
-    so a bad value fails before any step starts."""
-    return RunConfig(
-        ops={
-            mnist_dataset.key.to_python_identifier(): config.mnist,
-            notmnist_dataset.key.to_python_identifier(): config.notmnist,
-            mnist_classifier.key.to_python_identifier(): config.classifier,
-            mnist_concept_model.key.to_python_identifier(): config.concept_model,
-        },
-        resources={"data_store": DataStore(root=config.data_dir)},
-    )
+def pipeline_config(assets: list[AssetsDefinition]) -> ConfigMapping:
+    """Spread the one config over a job's assets and the resources. It runs when a run is
+    created, so a bad value fails before any step starts."""
+
+    @config_mapping
+    def spread(config: PipelineConfig) -> RunConfig:
+        return RunConfig(
+            ops={
+                asset.key.to_python_identifier(): getattr(config, section)
+                for asset, section in ASSET_SECTIONS.items()
+                if asset in assets
+            },
+            resources={
+                key: {"config": getattr(config, section).model_dump()} for key, section in RESOURCE_SECTIONS.items()
+            },
+        )
+
+    return spread
 
 
-mnist_training = define_asset_job(
-    "mnist_training",
-    selection=AssetSelection.assets(mnist_dataset, notmnist_dataset, mnist_classifier, mnist_concept_model),
-    config=pipeline_config,
-    description="Download and verify both datasets, then train, export and check both models.",
+def _job(name: str, assets: list[AssetsDefinition], description: str):
+    return define_asset_job(name, selection=assets, config=pipeline_config(assets), description=description)
+
+
+TRAINING = [mnist_dataset, notmnist_dataset, mnist_classifier, mnist_concept_model]
+PIPELINE = [*TRAINING, uploaded_model, model_deployment, deployment_test_results]
+
+mnist_training = _job(
+    "mnist_training", TRAINING, "Download and verify both datasets, then train, export and check both models."
+)
+mnist_pipeline = _job(
+    "mnist_pipeline",
+    PIPELINE,
+    "The whole chain: data, models, a registry version, the deployed endpoint and its tests.",
 )

@@ -60,6 +60,34 @@ def training_curves(history: Mapping[str, Sequence[float]], title: str) -> bytes
     return _png(fig)
 
 
+def latency_histogram(milliseconds: Sequence[float], title: str) -> bytes:
+    """Request latencies with the p50, p95 and p99 marked."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.hist(milliseconds, bins=50, color="tab:blue", alpha=0.7)
+    for q, style in ((50, "-"), (95, "--"), (99, ":")):
+        value = float(np.percentile(milliseconds, q))
+        ax.axvline(value, color="black", linestyle=style, label=f"p{q} {value:.1f} ms")
+    ax.set_xlabel("milliseconds")
+    ax.set_ylabel("requests")
+    ax.set_title(title)
+    ax.legend()
+    return _png(fig)
+
+
+def rate_bars(rates: Mapping[str, float], bounds: Mapping[str, float], title: str) -> bytes:
+    """One bar per rate, with its required bound as a tick, so a failed gate stands out."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    names = list(rates)
+    ax.bar(names, [rates[n] for n in names], color="tab:green", alpha=0.7)
+    for i, name in enumerate(names):
+        ax.text(i, rates[name], f"{rates[name]:.3f}", ha="center", va="bottom", fontsize=8)
+        if name in bounds:
+            ax.hlines(bounds[name], i - 0.4, i + 0.4, colors="red", linestyles="--")
+    ax.set_ylim(0, 1.08)
+    ax.set_title(f"{title} (red: required bound)")
+    return _png(fig)
+
+
 def score_histogram(scores: Mapping[str, np.ndarray], threshold: float) -> bytes:
     """Concept scores per dataset on a log axis, with the out-of-distribution threshold."""
     fig, ax = plt.subplots(figsize=(7, 3.5))

@@ -7,7 +7,7 @@ import os
 import socket
 from pathlib import Path
 
-from kserve import model_server
+from kserve import Model, model_server
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
@@ -19,6 +19,27 @@ from mnist_serving.predictor import MnistPredictor
 
 MODEL_NAME = "mnist"
 log = logging.getLogger("mnist_serving")
+
+
+def rest_server(model: Model, max_body_bytes: int, middlewares: tuple = ()) -> RESTServer:
+    """KServe's REST server (v1, v2, health, metrics) for one loaded model. ``middlewares``
+    are (class, kwargs) pairs; the body-size limit always runs first."""
+    repository = ModelRepository()
+    repository.update(model)
+    rest = RESTServer(
+        "kserve.model_server:app",
+        DataPlane(model_registry=repository),
+        ModelRepositoryExtension(model_registry=repository),
+        http_port=0,  # unused: the caller passes listening sockets to run()
+        timeout_keep_alive=5,
+    )
+    # Starlette runs the last-added middleware first.
+    for middleware, kwargs in middlewares:
+        model_server.app.add_middleware(middleware, **kwargs)
+    model_server.app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    for noisy in ("uvicorn.access", "kserve.trace"):  # a log line per request costs more than scoring
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return rest
 
 
 def serve(
@@ -33,20 +54,7 @@ def serve(
     which stops accepting, finishes requests in flight and exits."""
     model = MnistPredictor(model_name, version_dir, max_batch=max_batch)
     model.load()
-    repository = ModelRepository()
-    repository.update(model)
-    rest = RESTServer(
-        "kserve.model_server:app",
-        DataPlane(model_registry=repository),
-        ModelRepositoryExtension(model_registry=repository),
-        http_port=0,  # unused: we pass the sockets
-        timeout_keep_alive=5,
-    )
-    # Starlette runs the last-added middleware first: the size limit guards the binary path too.
-    model_server.app.add_middleware(BinaryInfer, model=model)
-    model_server.app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    for noisy in ("uvicorn.access", "kserve.trace"):  # a log line per request costs more than scoring
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    rest = rest_server(model, max_body_bytes, middlewares=((BinaryInfer, {"model": model}),))
     addresses = ", ".join("http://{}:{}".format(*s.getsockname()[:2]) for s in listeners)
     log.info(f"serving {model_name} version {model.version} from {version_dir} on {addresses} (pid {os.getpid()})")
     rest.run(sockets=listeners)

@@ -1,6 +1,9 @@
-"""Dagster resources: the only code that touches the outside world (files, mirrors, later
-the model registry, serving and Kubernetes). Each has a local default."""
+"""Dagster resources: the only code that touches the outside world (files, mirrors, the
+model registry, serving). Each has a local default; its settings class is what the one
+run-config file configures."""
 
-from resources.data_store import DataStore
+from resources.data_store import DataStore, DataStoreSettings
+from resources.deployer import LocalDeployer, ServingSettings
+from resources.model_registry import ModelRegistry, RegistrySettings
 
-__all__ = ["DataStore"]
+__all__ = ["DataStore", "DataStoreSettings", "LocalDeployer", "ModelRegistry", "RegistrySettings", "ServingSettings"]

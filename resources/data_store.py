@@ -12,21 +12,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from dagster import ConfigurableResource
+from dagster import Config, ConfigurableResource
 from pydantic import Field
 
 from mnist_ml.download import FetchResult, fetch_verified
 
 
-class DataStore(ConfigurableResource):
-    """Every write is atomic (temporary name, then rename): a killed run never leaves a
-    file or folder that passes for complete."""
-
+class DataStoreSettings(Config):
     root: str = Field(
         default="var/data",
         description="Folder for raw downloads, processed arrays, models and plots. Relative "
         "paths resolve against the working directory; on Kubernetes, the data volume's mount.",
     )
+
+
+class DataStore(ConfigurableResource, DataStoreSettings):
+    """Every write is atomic (temporary name, then rename): a killed run never leaves a
+    file or folder that passes for complete."""
 
     def path(self, *parts: str) -> Path:
         return Path(self.root).resolve().joinpath(*parts)

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import Config, ConfigurableResource
 from pydantic import Field
 
 from mnist_ml.registry import FileModelRepository
 
 
-class ModelRegistry(ConfigurableResource):
-    """Configuration only; the versioning logic lives in ``FileModelRepository`` so it can be
-    used and tested without Dagster."""
-
+class RegistrySettings(Config):
     root: str = Field(
         default="var/models",
         description="Model repository folder, laid out as <root>/<model_name>/<version>/ for TF Serving, "
@@ -25,6 +22,11 @@ class ModelRegistry(ConfigurableResource):
         default="mnist",
         description="Folder under root that holds this project's versions; the name servers load the model by.",
     )
+
+
+class ModelRegistry(ConfigurableResource, RegistrySettings):
+    """Configuration only; the versioning logic lives in ``FileModelRepository`` so it can be
+    used and tested without Dagster."""
 
     def repository(self) -> FileModelRepository:
         """Resolve ``root`` now, so a later change of working directory cannot move the repository."""

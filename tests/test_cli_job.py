@@ -19,7 +19,7 @@ def _execute(tmp_path: Path, override: dict) -> subprocess.CompletedProcess:
     home = tmp_path / "dagster_home"
     home.mkdir(exist_ok=True)
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    (tmp_path / "override.yaml").write_text(json.dumps({"data_dir": str(tmp_path / "data"), **override}))
+    (tmp_path / "override.yaml").write_text(json.dumps({"data_store": {"root": str(tmp_path / "data")}, **override}))
     command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "mnist_assets.definitions"]
     command += ["-j", "mnist_training", "-c", str(ROOT / "run_config.yaml"), "-c", str(tmp_path / "override.yaml")]
     env = {**os.environ, "DAGSTER_HOME": str(home)}

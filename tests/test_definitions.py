@@ -34,10 +34,13 @@ def _keys(mapping, prefix="") -> set[str]:
     return paths
 
 
-def test_definitions_load_and_job_resolves():
+def test_definitions_load_and_jobs_resolve():
     job = defs.resolve_job_def("mnist_training")
     assets = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
     assert assets == {"mnist_dataset", "notmnist_dataset", "mnist_classifier", "mnist_concept_model"}
+    pipeline = defs.resolve_job_def("mnist_pipeline")
+    chain = {key.to_user_string() for key in pipeline.asset_layer.executable_asset_keys}
+    assert chain == assets | {"uploaded_model", "model_deployment", "deployment_test_results"}
     checks = {key.name for key in job.asset_layer.asset_graph.asset_check_keys}
     assert "test_accuracy_at_least_minimum" in checks and "detection_rate_at_least_minimum" in checks
 
@@ -48,6 +51,9 @@ def test_run_config_file_lists_every_parameter_and_validates():
     resolved = validate_run_config(defs.resolve_job_def("mnist_training"), config)
     assert resolved["ops"]["mnist_classifier"]["config"]["hidden_units"] == [256, 64]
     assert resolved["resources"]["data_store"]["config"]["root"] == "var/data"
+    pipeline = validate_run_config(defs.resolve_job_def("mnist_pipeline"), config)
+    assert pipeline["resources"]["deployer"]["config"]["host"] == "127.0.0.1"
+    assert pipeline["ops"]["deployment_test_results"]["config"]["min_accuracy"] == 0.97
 
 
 @pytest.mark.parametrize(
@@ -58,6 +64,7 @@ def test_run_config_file_lists_every_parameter_and_validates():
         ({"classifier": {"architecture": "transformer"}}, "classifier.architecture"),
         ({"classifier": {"learnin_rate": 0.1}}, "learnin_rate"),
         ({"mnist": {"mirrors": []}}, "mnist.mirrors"),
+        ({"serving": {"port": 70000}}, "serving.port"),
     ],
 )
 def test_bad_value_fails_at_validation_naming_the_field(bad, field):

@@ -1,6 +1,15 @@
-"""Assets in chain order: datasets, then models."""
+"""Assets in chain order: datasets, models, delivery."""
 
 from mnist_assets.assets.data import mnist_dataset, notmnist_dataset
+from mnist_assets.assets.delivery import deployment_test_results, model_deployment, uploaded_model
 from mnist_assets.assets.models import mnist_classifier, mnist_concept_model
 
-__all__ = ["mnist_classifier", "mnist_concept_model", "mnist_dataset", "notmnist_dataset"]
+__all__ = [
+    "deployment_test_results",
+    "mnist_classifier",
+    "mnist_concept_model",
+    "mnist_dataset",
+    "model_deployment",
+    "notmnist_dataset",
+    "uploaded_model",
+]

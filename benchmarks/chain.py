@@ -1,0 +1,131 @@
+"""Benchmark: a job end to end, as the README's main command runs it.
+
+Runs `dagster job execute` with run_config.yaml in a fresh data folder, registry and
+DAGSTER_HOME (downloads from the mirror included, installs warm), samples the whole
+process tree's memory, and reports each step's time and share of the wall time.
+
+    python benchmarks/chain.py --job mnist_training --mirror ../shared/data
+    python benchmarks/chain.py --job mnist_pipeline --mirror ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+from dagster import AssetKey, DagsterInstance
+from report import publish, table
+
+from mnist_serving.local_endpoint import LocalEndpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_TARGETS = {
+    "classifier_test_accuracy": (0.98, "min"),
+    "concept_roc_auc": (0.995, "min"),
+    "concept_detection_rate": (0.95, "min"),
+    "concept_false_positive_rate": (0.02, "max"),
+}
+TARGETS = {
+    "mnist_training": {"wall_seconds": (90.0, "max"), "peak_pss_gb": (3.0, "max"), **MODEL_TARGETS},
+    "mnist_pipeline": {"wall_seconds": (150.0, "max"), "deployment_test_seconds": (10.0, "max"), **MODEL_TARGETS},
+}
+
+
+def _tree_memory(process: psutil.Process) -> tuple[int, int]:
+    """(PSS, RSS) summed over the process tree. PSS splits shared pages (TensorFlow's
+    libraries, mapped by every step process) among their users, so its sum is the
+    memory the job really holds; the RSS sum counts shared pages once per process."""
+    pss = rss = 0
+    for p in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            info = p.memory_full_info()
+            pss, rss = pss + info.pss, rss + info.rss
+    return pss, rss
+
+
+def run_job(job: str, work: Path, mirror: Path | None) -> tuple[float, tuple[int, int]]:
+    """Run the job; return wall seconds and the peak tree (PSS, RSS) in bytes."""
+    home = work / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    override = {
+        "data_store": {"root": str(work / "data")},
+        "registry": {"root": str(work / "models")},
+        "serving": {"port": 0, "state_dir": str(work / "serving")},
+    }
+    if mirror:
+        url = mirror.resolve().as_uri()
+        override |= {"mnist": {"mirrors": [f"{url}/mnist/"]}, "notmnist": {"mirrors": [f"{url}/notmnist/"]}}
+    (work / "override.yaml").write_text(json.dumps(override))
+    command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "mnist_assets.definitions", "-j", job]
+    command += ["-c", str(ROOT / "run_config.yaml"), "-c", str(work / "override.yaml")]
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    with (work / "run.log").open("w") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        watched, peak_pss, peak_rss = psutil.Process(proc.pid), 0, 0
+        while proc.poll() is None:
+            pss, rss = _tree_memory(watched)
+            peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
+            time.sleep(0.1)
+        wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"job failed (exit {proc.returncode}); log:\n{(work / 'run.log').read_text()[-4000:]}")
+    return wall, (peak_pss, peak_rss)
+
+
+def run_facts(home: Path) -> tuple[dict[str, float], float | None]:
+    """Seconds per step, and the deployment tests' own timing if the job ran them."""
+    with DagsterInstance.from_config(str(home)) as instance:
+        (run,) = instance.get_runs(limit=1)
+        steps = {s.step_key: round(s.end_time - s.start_time, 1) for s in instance.get_run_step_stats(run.run_id)}
+        records = instance.fetch_materializations(AssetKey("deployment_test_results"), limit=1).records
+    tested = records[0].asset_materialization.metadata.get("test_seconds") if records else None
+    return steps, (tested.value if tested else None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--job", choices=sorted(TARGETS), default="mnist_pipeline")
+    parser.add_argument("--mirror", type=Path, help="local mirror folder with mnist/ and notmnist/")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix=f"bench-{args.job}-") as tmp:
+        work = Path(tmp)
+        try:
+            wall, peak = run_job(args.job, work, args.mirror)
+            steps, test_seconds = run_facts(work / "dagster_home")
+        finally:
+            LocalEndpoint(work / "serving").stop()
+        clf = json.loads((work / "data" / "models" / "classifier.metrics.json").read_text())
+        concept = json.loads((work / "data" / "models" / "concept_model.metrics.json").read_text())
+    measured = {"wall_seconds": round(wall, 1), "peak_pss_gb": round(peak[0] / 1e9, 2)}
+    if test_seconds is not None:
+        measured["deployment_test_seconds"] = round(test_seconds, 1)
+    measured |= {
+        "classifier_test_accuracy": round(clf["test_accuracy"], 4),
+        "concept_roc_auc": round(concept["notmnist"]["roc_auc"], 5),
+        "concept_detection_rate": round(concept["notmnist"]["detection_rate"], 4),
+        "concept_false_positive_rate": round(concept["notmnist"]["false_positive_rate"], 4),
+    }
+    ok = publish(
+        args.job,
+        table(measured, TARGETS[args.job]),
+        {"steps": steps, "peak_rss_sum_gb": round(peak[1] / 1e9, 2), "noisy_mnist": concept["noisy_mnist"]},
+    )
+    print(f"(RSS summed over processes, shared pages counted per process: {peak[1] / 1e9:.2f} GB)")
+    print("\nstep seconds and share of wall time (two steps run at once where the graph allows):")
+    for step, seconds in sorted(steps.items(), key=lambda kv: -kv[1]):
+        print(f"  {step:45} {seconds:>6}  {seconds / wall:>5.0%}")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

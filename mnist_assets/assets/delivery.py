@@ -1,0 +1,178 @@
+"""Delivery assets: publish both models as one registry version, deploy it to the
+endpoint, and test the deployed endpoint over HTTP, rolling back if it fails."""
+
+import json
+
+from dagster import AssetExecutionContext, AssetKey, Failure, MaterializeResult, MetadataValue, asset
+
+from mnist_assets import metadata
+from mnist_assets.assets.data import mnist_dataset, notmnist_dataset
+from mnist_assets.assets.models import CLASSIFIER_DIR, CONCEPT_DIR, OWNERS, mnist_classifier, mnist_concept_model
+from mnist_assets.checks import DEPLOYMENT_CHECKS, DEPLOYMENT_GATES, deployment_checks
+from mnist_assets.config import DeploymentTestConfig
+from mnist_ml import plots
+from mnist_ml.model_contract import CLASSIFIER, CONCEPT_MODEL, INPUT_NAME, SIGNATURE
+from mnist_ml.registry import FileModelRepository, ModelVersion, RegistryError
+from mnist_serving.acceptance import run_acceptance
+from resources import DataStore, LocalDeployer, ModelRegistry
+
+SIGNATURES = {
+    "signature": SIGNATURE,
+    "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None, 28, 28], "range": [0, 1]},
+    CLASSIFIER: {"outputs": ["class_ids", "probabilities"]},
+    CONCEPT_MODEL: {"outputs": ["score"], "threshold": "assets.extra/concept.json"},
+}
+
+
+MODEL_FOLDERS = {CLASSIFIER: CLASSIFIER_DIR, CONCEPT_MODEL: CONCEPT_DIR}
+
+
+def _training_summary(data_store: DataStore, folder: str) -> dict:
+    """Metrics and config the model asset recorded, without the per-epoch history."""
+    summary = json.loads(data_store.path(f"{folder}.metrics.json").read_text())
+    return {key: value for key, value in summary.items() if key != "history"}
+
+
+def _data_checksums(context: AssetExecutionContext) -> dict:
+    """The checksums recorded by the latest materialization of each dataset."""
+    found = {}
+    for key, field in (("mnist_dataset", "payload_sha256"), ("notmnist_dataset", "archive_payload_sha256")):
+        event = context.instance.get_latest_materialization_event(AssetKey(key))
+        entry = event.asset_materialization.metadata.get(field) if event and event.asset_materialization else None
+        found[key] = entry.value if entry else "unknown: not materialized in this Dagster instance"
+    return found
+
+
+@asset(
+    group_name="delivery",
+    owners=OWNERS,
+    deps=[mnist_classifier, mnist_concept_model],
+    kinds={"tensorflow"},
+    description="Both models published as one immutable version in the model repository "
+    "(<root>/<model>/<version>/), with a manifest; the version becomes the 'candidate'.",
+)
+def uploaded_model(context: AssetExecutionContext, data_store: DataStore, registry: ModelRegistry):
+    training = {name: _training_summary(data_store, folder) for name, folder in MODEL_FOLDERS.items()}
+    manifest = {
+        "dagster_run_id": context.run_id,
+        "data_checksums": _data_checksums(context),
+        "training": training,
+        "signatures": SIGNATURES,
+    }
+    repository = registry.repository()
+    version = repository.publish({name: data_store.path(f) for name, f in MODEL_FOLDERS.items()}, manifest)
+    repository.set_alias("candidate", version.version)
+    context.log.info(f"published {version.name} version {version.version} at {version.path}")
+    return MaterializeResult(
+        metadata={
+            "version": version.version,
+            "path": MetadataValue.path(str(version.path)),
+            "manifest": MetadataValue.json(version.manifest),
+            "aliases": MetadataValue.json(repository.aliases()),
+        }
+    )
+
+
+@asset(
+    group_name="delivery",
+    owners=OWNERS,
+    deps=[uploaded_model],
+    description="The candidate version serving at the inference endpoint (KServe model server, "
+    "v1 and v2 protocols), swapped in without dropping requests, and promoted to 'production'.",
+)
+def model_deployment(context: AssetExecutionContext, registry: ModelRegistry, deployer: LocalDeployer):
+    repository = registry.repository()
+    candidate = repository.resolve("candidate")
+    endpoint = deployer.deploy(candidate.path, str(candidate.version), log=context.log.info)
+    aliases = repository.promote(candidate.version)
+    context.log.info(f"version {candidate.version} serves at {endpoint.url}; aliases now {aliases}")
+    return MaterializeResult(
+        metadata={
+            "url": MetadataValue.url(endpoint.url),
+            "port": endpoint.port,
+            "pid": endpoint.pid,
+            "version": candidate.version,
+            "previous_version": aliases.get("previous", "none"),
+            "server_log": MetadataValue.path(endpoint.log_file),
+        }
+    )
+
+
+def _roll_back(repository: FileModelRepository, deployer: LocalDeployer, failed: ModelVersion, reason: str, log) -> str:
+    """Mark the version failed and bring the previous production version back; say what serves."""
+    repository.mark_failed(failed.version, reason)
+    try:
+        previous = repository.rollback()
+    except RegistryError as exc:
+        deployer.stop(log=log)
+        return f"nothing: the endpoint was stopped, as there is no earlier good version ({exc})"
+    endpoint = deployer.deploy(previous.path, str(previous.version), log=log)
+    return f"version {previous.version} at {endpoint.url}"
+
+
+@asset(
+    group_name="delivery",
+    owners=OWNERS,
+    deps=[model_deployment, mnist_dataset, notmnist_dataset],
+    check_specs=DEPLOYMENT_CHECKS,
+    description="Tests of the deployed endpoint over HTTP: MNIST accuracy, out-of-distribution "
+    "flags on notMNIST, noisy and clean digits, single-image latency, malformed requests. "
+    "A failing version is rolled back and marked failed.",
+)
+def deployment_test_results(
+    context: AssetExecutionContext,
+    config: DeploymentTestConfig,
+    data_store: DataStore,
+    registry: ModelRegistry,
+    deployer: LocalDeployer,
+):
+    repository = registry.repository()
+    endpoint = deployer.current(log=context.log.info)
+    if endpoint is None:
+        raise Failure("no endpoint is running: materialize model_deployment first")
+    version = repository.get(int(endpoint.version))
+    noisy = version.manifest["training"][CONCEPT_MODEL]["config"]
+    report = run_acceptance(
+        deployer.client(endpoint),
+        data_store.load_arrays("mnist"),
+        data_store.load_arrays("notmnist")["x"],
+        noise_amplitude=noisy["noise_amplitude"],
+        seed=noisy["seed"],
+        latency_requests=config.latency_requests,
+        log=context.log.info,
+    )
+    values = {**report.as_dict(), "p99_latency_ms": report.latency_ms["p99"]}
+    checks = deployment_checks(values, config.model_dump())
+    failed = [c.check_name for c in checks if not c.passed]
+    if report.version != endpoint.version:
+        failed.append(f"the endpoint answered as version {report.version}, not {endpoint.version}")
+    now_serving = f"version {endpoint.version} at {endpoint.url}"
+    if failed:
+        reason = "failed deployment tests: " + ", ".join(failed)
+        now_serving = _roll_back(repository, deployer, version, reason, context.log.info)
+        context.log.error(f"version {version.version} {reason}; rolled back; now serving {now_serving}")
+    rates = {k: values[k] for k in ("accuracy", "notmnist_flag_rate", "noisy_flag_rate", "clean_flag_rate")}
+    bounds = {value: getattr(config, bound) for value, bound, _ in DEPLOYMENT_GATES.values() if value in rates}
+    yield MaterializeResult(
+        metadata={
+            "tested_version": version.version,
+            "now_serving": now_serving,
+            "results": metadata.table(
+                {**rates, **{f"latency_{k}_ms": v for k, v in report.latency_ms.items()}, "seconds": report.seconds},
+                "measure",
+                "value",
+            ),
+            "malformed_requests": MetadataValue.json(report.malformed),
+            "images_scored": report.images,
+            "test_seconds": report.seconds,
+            "rates": metadata.png(plots.rate_bars(rates, bounds, f"version {version.version}"), "rates"),
+            "latency": metadata.png(plots.latency_histogram(report.latencies_ms, "single-image requests"), "latency"),
+        },
+        check_results=checks,
+    )
+    if failed:
+        raise Failure(
+            description=f"version {version.version} {reason}. It is marked failed in the registry; "
+            f"now serving {now_serving}.",
+            metadata={"now_serving": now_serving},
+        )
