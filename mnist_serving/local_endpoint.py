@@ -73,12 +73,13 @@ class LocalEndpoint:
         *,
         startup_timeout: float = 120.0,
         stop_timeout: float = 30.0,
+        drain_seconds: float = 2.0,
         server_args: tuple[str, ...] = (),
         log: Log = print,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.host, self.port = host, port
-        self.startup_timeout, self.stop_timeout = startup_timeout, stop_timeout
+        self.startup_timeout, self.stop_timeout, self.drain_seconds = startup_timeout, stop_timeout, drain_seconds
         self.server_args = server_args
         self.log = log
         self.state_file = self.state_dir / "endpoint.json"
@@ -116,7 +117,7 @@ class LocalEndpoint:
         self._wait_ready(endpoint, process, probe_port)
         self._write(endpoint)
         if old:
-            self._stop_process(old)
+            self._stop_process(old, drain=True)
             self._clear_files(old)
             self.log(f"stopped version {old.version} (pid {old.pid})")
         return endpoint
@@ -201,8 +202,14 @@ class LocalEndpoint:
             f"the endpoint keeps serving what it served. Last log lines:\n{_tail(endpoint.log_file)}"
         )
 
-    def _stop_process(self, endpoint: Endpoint) -> None:
-        """SIGTERM (finish requests in flight, then exit), SIGKILL after stop_timeout."""
+    def _stop_process(self, endpoint: Endpoint, drain: bool = False) -> None:
+        """SIGTERM (finish requests in flight, then exit), SIGKILL after stop_timeout. With
+        ``drain``, SIGUSR1 first: the successor takes all new connections while this one
+        answers the ones it holds."""
+        if drain:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(endpoint.pid, signal.SIGUSR1)
+            time.sleep(self.drain_seconds)
         with contextlib.suppress(ProcessLookupError):
             os.kill(endpoint.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout

@@ -15,6 +15,7 @@ from kserve.protocol.rest.server import RESTServer
 
 from mnist_serving.binary_infer import BinaryInfer
 from mnist_serving.body_limit import BodyLimit
+from mnist_serving.drain import Drain
 from mnist_serving.predictor import MnistPredictor
 
 MODEL_NAME = "mnist"
@@ -51,10 +52,13 @@ def serve(
     model_name: str = MODEL_NAME,
 ) -> None:
     """Load the version, then serve v1 and v2 on every listener until SIGTERM/SIGINT,
-    which stops accepting, finishes requests in flight and exits."""
+    which stops accepting, finishes requests in flight and exits. SIGUSR1 first hands
+    new connections to a successor on the same socket (see ``drain``)."""
     model = MnistPredictor(model_name, version_dir, max_batch=max_batch)
     model.load()
-    rest = rest_server(model, max_body_bytes, middlewares=((BinaryInfer, {"model": model}),))
+    drain = Drain()
+    rest = rest_server(model, max_body_bytes, middlewares=((BinaryInfer, {"model": model}), (drain.middleware, {})))
+    drain.install(rest._server)  # KServe keeps its uvicorn.Server private; drain needs its listeners
     addresses = ", ".join("http://{}:{}".format(*s.getsockname()[:2]) for s in listeners)
     log.info(f"serving {model_name} version {model.version} from {version_dir} on {addresses} (pid {os.getpid()})")
     rest.run(sockets=listeners)

@@ -39,8 +39,13 @@ def test_redeploy_switches_versions_without_dropping_a_request(tiny_versions, tm
         stop = threading.Event()
         fresh, pooled = [], []
         clients = [
-            threading.Thread(target=_client, args=(first.url, stop, fresh, None)),
-            threading.Thread(target=_client, args=(first.url, stop, pooled, requests.Session())),
+            threading.Thread(target=_client, args=(first.url, stop, results, session))
+            for results, session in (
+                (fresh, None),
+                (fresh, None),
+                (pooled, requests.Session()),
+                (pooled, requests.Session()),
+            )
         ]
         for client in clients:
             client.start()
