@@ -90,6 +90,18 @@ class DeploymentTestConfig(Config):
     latency_requests: int = Field(default=200, ge=10, le=100_000, description="Single-image requests to time.")
 
 
+class MonitoringConfig(Config):
+    """Production monitoring and the drift sensor, which reads this section of run_config.yaml."""
+
+    window_minutes: float = Field(default=60.0, gt=0, description="Traffic window summarized and checked for drift.")
+    buckets: int = Field(default=12, ge=2, le=1000, description="Time buckets of the out-of-distribution trend.")
+    max_ood_rate: float = Field(default=0.2, ge=0, le=1, description="Drift: share of flagged inputs above this.")
+    max_class_psi: float = Field(default=0.25, gt=0, description="Drift: PSI of predicted classes vs training.")
+    min_images: int = Field(default=200, ge=1, description="No drift verdict on fewer images than this.")
+    cooldown_minutes: float = Field(default=30.0, ge=0, description="No new retraining run within this time.")
+    ood_grid_size: int = Field(default=40, ge=1, le=400, description="Most out-of-distribution inputs to show.")
+
+
 class PipelineConfig(Config):
     """The whole chain's parameters, in one place."""
 
@@ -101,3 +113,4 @@ class PipelineConfig(Config):
     classifier: ClassifierConfig = ClassifierConfig()
     concept_model: ConceptModelConfig = ConceptModelConfig()
     deployment_tests: DeploymentTestConfig = DeploymentTestConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()

@@ -2,11 +2,18 @@
 
 from dagster import Definitions
 
-from mnist_assets.jobs import PIPELINE, mnist_pipeline, mnist_training
-from resources import DataStore, LocalDeployer, ModelRegistry
+from mnist_assets.jobs import ALL_ASSETS, mnist_pipeline, mnist_training, monitoring
+from mnist_assets.sensors import drift_sensor, failure_alert, new_data_sensor
+from resources import AlertWebhook, DataStore, LocalDeployer, ModelRegistry
 
 defs = Definitions(
-    assets=PIPELINE,
-    jobs=[mnist_pipeline, mnist_training],
-    resources={"data_store": DataStore(), "registry": ModelRegistry(), "deployer": LocalDeployer()},
+    assets=ALL_ASSETS,
+    jobs=[mnist_pipeline, mnist_training, monitoring],
+    sensors=[drift_sensor, new_data_sensor, failure_alert],
+    resources={
+        "data_store": DataStore(),
+        "registry": ModelRegistry(),
+        "deployer": LocalDeployer(),
+        "alert_webhook": AlertWebhook(),
+    },
 )

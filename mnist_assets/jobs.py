@@ -9,6 +9,8 @@ from mnist_assets.assets import (
     mnist_dataset,
     model_deployment,
     notmnist_dataset,
+    production_labels,
+    production_monitoring,
     uploaded_model,
 )
 from mnist_assets.config import PipelineConfig
@@ -20,6 +22,7 @@ ASSET_SECTIONS = {
     mnist_classifier: "classifier",
     mnist_concept_model: "concept_model",
     deployment_test_results: "deployment_tests",
+    production_monitoring: "monitoring",
 }
 RESOURCE_SECTIONS = {"data_store": "data_store", "registry": "registry", "deployer": "serving"}
 
@@ -48,8 +51,9 @@ def _job(name: str, assets: list[AssetsDefinition], description: str):
     return define_asset_job(name, selection=assets, config=pipeline_config(assets), description=description)
 
 
-TRAINING = [mnist_dataset, notmnist_dataset, mnist_classifier, mnist_concept_model]
+TRAINING = [mnist_dataset, notmnist_dataset, production_labels, mnist_classifier, mnist_concept_model]
 PIPELINE = [*TRAINING, uploaded_model, model_deployment, deployment_test_results]
+ALL_ASSETS = [*PIPELINE, production_monitoring]
 
 mnist_training = _job(
     "mnist_training", TRAINING, "Download and verify both datasets, then train, export and check both models."
@@ -58,4 +62,7 @@ mnist_pipeline = _job(
     "mnist_pipeline",
     PIPELINE,
     "The whole chain: data, models, a registry version, the deployed endpoint and its tests.",
+)
+monitoring = _job(
+    "production_monitoring_job", [production_monitoring], "Summarize recent production traffic from the request log."
 )

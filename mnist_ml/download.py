@@ -290,3 +290,33 @@ def _progress_line(done: int, total: int | None) -> str:
     if not total:
         return f"  {done / 1e6:.1f} MB"
     return f"  {done / 1e6:.1f} / {total / 1e6:.1f} MB ({100 * done // total}%)"
+
+
+def mirror_fingerprint(mirrors: Sequence[str], filename: str, timeout: float = 10.0) -> str | None:
+    """A cheap token that changes when ``filename`` changes at the first mirror that answers:
+    size and modification time for file:// URLs, ETag, Last-Modified and length from an HTTP
+    HEAD otherwise. None when no mirror answers (unknown is not a change)."""
+    for mirror in mirrors:
+        url = f"{mirror.rstrip('/')}/{filename}"
+        if urlparse(url).scheme == "file":
+            source = Path(url2pathname(urlparse(url).path))
+            if source.is_file():
+                stat = source.stat()
+                return f"{url} size={stat.st_size} mtime={stat.st_mtime_ns}"
+            continue
+        try:
+            response = requests.head(url, timeout=timeout, allow_redirects=True)
+        except requests.RequestException:
+            continue
+        if response.ok:
+            headers = [response.headers.get(h, "") for h in ("ETag", "Last-Modified", "Content-Length")]
+            return f"{url} " + " ".join(headers)
+    return None
+
+
+def folder_fingerprint(folder: Path, pattern: str = "**/*") -> str:
+    """Count, total size and newest modification of the files under ``folder``."""
+    files = [p for p in folder.glob(pattern) if p.is_file()] if folder.is_dir() else []
+    stats = [p.stat() for p in files]
+    newest = max((s.st_mtime_ns for s in stats), default=0)
+    return f"files={len(files)} bytes={sum(s.st_size for s in stats)} newest={newest}"

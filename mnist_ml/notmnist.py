@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+
+from mnist_ml.image_folder import decode_image
 
 LETTERS = "ABCDEFGHIJ"
-IMAGE_SIZE = (28, 28)
 ARCHIVE_DIR = "notMNIST_small"
 MARKER = ".safe_extract.sha256"
 PROGRESS_EVERY = 2000
@@ -178,7 +178,7 @@ def load_notmnist(root: Path, *, log: Callable[[str], None] = print) -> NotMnist
     labels: list[int] = []
     skipped: list[str] = []
     for done, (label, path) in enumerate(labelled, start=1):
-        pixels = _decode(path)
+        pixels = decode_image(path)
         if isinstance(pixels, str):
             skipped.append(f"{_display(path)}: {pixels}")
         else:
@@ -213,17 +213,3 @@ def _labelled_files(root: Path, log: Callable[[str], None]) -> list[tuple[int, P
 def _display(path: Path) -> str:
     """`notMNIST_small/A/x.png` whichever directory the caller passed as root."""
     return path.relative_to(path.parents[2]).as_posix()
-
-
-def _decode(path: Path) -> np.ndarray | str:
-    """The 28x28 uint8 pixels of an image, or the reason it cannot be used."""
-    try:
-        with Image.open(path) as image:
-            if image.size != IMAGE_SIZE:
-                return f"size {image.size[0]}x{image.size[1]}, expected 28x28"
-            return np.asarray(image.convert("L"), dtype=np.uint8)
-    except UnidentifiedImageError:
-        return "cannot identify image file"
-    # Pillow's exception for a broken PNG depends on where the damage is.
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return f"cannot decode: {exc}"

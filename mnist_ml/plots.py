@@ -88,6 +88,38 @@ def rate_bars(rates: Mapping[str, float], bounds: Mapping[str, float], title: st
     return _png(fig)
 
 
+def traffic_timeseries(trend: Sequence[tuple[float, int, float]], threshold: float) -> bytes:
+    """Images per time bucket (bars) and the out-of-distribution rate (line) with its drift bound."""
+    fig, volume = plt.subplots(figsize=(8, 3.4))
+    starts = np.array([t for t, _, _ in trend])
+    minutes = (starts - starts[0]) / 60 if len(starts) else starts
+    width = (minutes[1] - minutes[0]) * 0.8 if len(minutes) > 1 else 1.0
+    volume.bar(minutes, [n for _, n, _ in trend], width=width, align="edge", color="tab:gray", alpha=0.4)
+    volume.set_ylabel("images")
+    volume.set_xlabel("minutes into the window")
+    rate = volume.twinx()
+    rate.plot(minutes + width / 2, [r for _, _, r in trend], marker="o", color="tab:red", label="OOD rate")
+    rate.axhline(threshold, color="tab:red", linestyle="--", label=f"drift bound {threshold}")
+    rate.set_ylim(0, 1.05)
+    rate.set_ylabel("out-of-distribution rate")
+    rate.legend(loc="upper left")
+    return _png(fig)
+
+
+def class_distribution(training: Sequence[int], production: Sequence[int]) -> bytes:
+    """Share of each predicted digit in production beside its share in the training labels."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    x = np.arange(10)
+    for offset, (name, counts) in zip((-0.2, 0.2), (("training", training), ("production", production)), strict=True):
+        total = max(sum(counts), 1)
+        ax.bar(x + offset, np.asarray(counts) / total, width=0.4, label=name)
+    ax.set_xticks(x)
+    ax.set_xlabel("digit (predicted, for production)")
+    ax.set_ylabel("share")
+    ax.legend()
+    return _png(fig)
+
+
 def score_histogram(scores: Mapping[str, np.ndarray], threshold: float) -> bytes:
     """Concept scores per dataset on a log axis, with the out-of-distribution threshold."""
     fig, ax = plt.subplots(figsize=(7, 3.5))

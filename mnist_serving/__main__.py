@@ -21,9 +21,14 @@ def main() -> None:
     parser.add_argument("--handoff-socket", type=Path, help="Unix socket offering the first listener to a successor")
     parser.add_argument("--max-batch", type=int, default=1024, help="most images per request")
     parser.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="largest request body")
+    parser.add_argument("--request-log", type=Path, help="folder for the prediction log and feedback (off if unset)")
+    parser.add_argument("--input-sample-rate", type=float, default=0.05, help="share of inputs kept in the log")
+    parser.add_argument("--log-max-file-mb", type=float, default=64, help="rotate log files at this size")
+    parser.add_argument("--log-max-files", type=int, default=20, help="log files kept; the oldest go first")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from mnist_serving.request_log import RequestLog
     from mnist_serving.server import serve  # after argument errors: loading TensorFlow takes seconds
     from mnist_serving.sockets import bind_listener, offer_listener
 
@@ -32,7 +37,23 @@ def main() -> None:
     listeners = [socket.socket(fileno=fd) for fd in args.fd] or [bind_listener(args.host, args.port)]
     if args.handoff_socket:
         offer_listener(listeners[0], args.handoff_socket)
-    serve(args.model_dir, listeners, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes)
+    request_log = (
+        RequestLog(
+            args.request_log,
+            max_file_bytes=int(args.log_max_file_mb * 2**20),
+            max_files=args.log_max_files,
+            sample_rate=args.input_sample_rate,
+        )
+        if args.request_log
+        else None
+    )
+    serve(
+        args.model_dir,
+        listeners,
+        max_batch=args.max_batch,
+        max_body_bytes=args.max_body_bytes,
+        request_log=request_log,
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import requests
 
 from mnist_ml.evaluation import add_uniform_noise, confusion_matrix
 from mnist_serving.client import EndpointClient
@@ -103,10 +102,8 @@ def run_acceptance(
     noisy_images = add_uniform_noise(x_test.astype(np.float32) / 255, noise_amplitude, seed)
     noisy = client.predict(noisy_images)
     milliseconds = single_image_latencies(client, x_test, latency_requests) * 1000
-    malformed = {
-        case.name: requests.post(client.url + case.path, data=case.body, headers=case.headers, timeout=30).status_code
-        for case in malformed_requests(client.model)
-    }
+    cases = malformed_requests(client.model)
+    malformed = {case.name: client.post(case.path, case.body, case.headers).status_code for case in cases}
     return AcceptanceReport(
         version=client.served_version(),
         images=len(x_test) + len(notmnist) + len(noisy_images),

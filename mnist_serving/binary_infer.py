@@ -8,6 +8,8 @@ goes to KServe untouched."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import orjson
 from kserve.errors import InvalidInput
@@ -43,7 +45,7 @@ def decode_binary_request(body: bytes, header_length: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
-def v2_json(model: MnistPredictor, result: dict[str, np.ndarray]) -> bytes:
+def v2_json(model: MnistPredictor, result: dict[str, np.ndarray], request_id: str) -> bytes:
     outputs = [
         {"name": name, "datatype": OUTPUT_TYPES[name], "shape": list(array.shape), "data": array.ravel()}
         for name, array in result.items()
@@ -51,7 +53,7 @@ def v2_json(model: MnistPredictor, result: dict[str, np.ndarray]) -> bytes:
     response = {
         "model_name": model.name,
         "model_version": model.version,
-        "id": "",
+        "id": request_id,
         "parameters": {"threshold": model.threshold},
         "outputs": outputs,
     }
@@ -64,7 +66,8 @@ class BinaryInfer:
         self.path = f"/v2/models/{model.name}/infer"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        header_length = dict(scope.get("headers", [])).get(HEADER)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        header_length = headers.get(HEADER.decode())
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path or header_length is None:
             return await self.app(scope, receive, send)
         chunks, more = [], True
@@ -77,7 +80,7 @@ class BinaryInfer:
         body = b"".join(chunks)
         try:
             answer = self.model.infer(
-                "v2", lambda: decode_binary_request(body, header_length), lambda r: v2_json(self.model, r)
+                "v2", headers, lambda: decode_binary_request(body, header_length.encode()), partial(v2_json, self.model)
             )
         except InvalidInput as exc:
             return await reply(send, 400, str(exc))

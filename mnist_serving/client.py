@@ -8,12 +8,18 @@ import numpy as np
 import requests
 
 MAX_IMAGES_PER_REQUEST = 1000
+# Requests with this header set to "test" (deployment tests, benchmarks) are served but kept
+# out of the production request log, so they can't look like drift.
+TRAFFIC_HEADER = "x-mnist-traffic"
 
 
 class EndpointClient:
-    def __init__(self, url: str, model: str = "mnist", timeout: float = 30.0) -> None:
+    def __init__(self, url: str, model: str = "mnist", timeout: float = 30.0, traffic: str | None = None) -> None:
+        """``traffic="test"`` marks every request as test traffic, which the server does not log."""
         self.url, self.model, self.timeout = url.rstrip("/"), model, timeout
         self.session = requests.Session()
+        if traffic:
+            self.session.headers[TRAFFIC_HEADER] = traffic
         self.infer_url = f"{self.url}/v2/models/{model}/infer"
 
     def ready(self) -> bool:
@@ -33,6 +39,10 @@ class EndpointClient:
         step = MAX_IMAGES_PER_REQUEST
         parts = [self._predict_batch(images[i : i + step]) for i in range(0, len(images), step)]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> requests.Response:
+        """A raw request to ``path`` under the endpoint URL."""
+        return self.session.post(self.url + path, data=body, headers=headers, timeout=self.timeout)
 
     def predict_json(self, images: np.ndarray) -> requests.Response:
         """One plain v2 JSON request, as most clients send it."""

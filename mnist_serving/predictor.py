@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from kserve.errors import InvalidInput
 
 from mnist_ml.model_contract import CLASSIFIER, CONCEPT_MODEL, INPUT_NAME, SIGNATURE, read_concept_calibration
 from mnist_serving import metrics
+from mnist_serving.client import TRAFFIC_HEADER
+from mnist_serving.request_log import RequestLog
 from mnist_serving.validation import InvalidImages, to_model_input
 
 OUTPUT_TYPES = {"class_ids": "INT64", "probabilities": "FP32", "concept_score": "FP32", "is_ood": "BOOL"}
@@ -27,10 +30,13 @@ OUTPUT_SHAPES = {"class_ids": [-1], "probabilities": [-1, 10], "concept_score": 
 class MnistPredictor(Model):
     """Load with ``load()``; KServe routes v1 ``:predict`` and v2 ``/infer`` to ``predict``."""
 
-    def __init__(self, name: str, version_dir: Path, max_batch: int = 1024) -> None:
+    def __init__(
+        self, name: str, version_dir: Path, max_batch: int = 1024, request_log: RequestLog | None = None
+    ) -> None:
         super().__init__(name)
         self.version_dir = Path(version_dir)
         self.max_batch = max_batch
+        self.request_log = request_log
         self.enable_latency_logging = False  # one log line per request would cost more than scoring
         self.version = "unknown"
         self.threshold = float("nan")
@@ -62,40 +68,60 @@ class MnistPredictor(Model):
         metrics.OOD_FLAGS.inc(int(is_ood.sum()))
         return {"class_ids": class_ids, "probabilities": probabilities, "concept_score": concept, "is_ood": is_ood}
 
-    def infer(self, protocol: str, images: Callable[[], Any], respond: Callable[[dict[str, np.ndarray]], Any]) -> Any:
-        """Validate, score and respond, counting and timing the request. ``images`` extracts
-        the raw tensor (raising InvalidImages); ``respond`` encodes the protocol's answer."""
+    def infer(
+        self,
+        protocol: str,
+        headers: Mapping[str, str] | None,
+        images: Callable[[], Any],
+        respond: Callable[[dict[str, np.ndarray], str], Any],
+    ) -> Any:
+        """Validate, score, log and respond, counting and timing the request. ``images``
+        extracts the raw tensor (raising InvalidImages); ``respond`` encodes the protocol's
+        answer from the outputs and the request id (the client's x-request-id, or a new one)."""
         start = time.perf_counter()
+        headers = headers or {}
         try:
             batch = to_model_input(images(), self.max_batch)
         except InvalidImages as exc:
             metrics.REQUESTS.labels(protocol, "invalid").inc()
             raise InvalidInput(str(exc)) from None
-        response = respond(self.score(batch))
+        result = self.score(batch)
+        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        if self.request_log is not None and headers.get(TRAFFIC_HEADER) != "test":
+            self.request_log.record(
+                request_id,
+                self.version,
+                batch,
+                result["class_ids"],
+                result["probabilities"],
+                result["concept_score"],
+                result["is_ood"],
+            )
+        response = respond(result, request_id)
         metrics.REQUESTS.labels(protocol, "ok").inc()
         metrics.LATENCY.labels(protocol).observe(time.perf_counter() - start)
         return response
 
     def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None) -> dict | InferResponse:
         if isinstance(payload, InferRequest):
-            return self.infer("v2", lambda: v2_tensor(payload), lambda result: self._v2_response(payload, result))
-        return self.infer("v1", lambda: v1_instances(payload), self._v1_response)
+            return self.infer("v2", headers, lambda: v2_tensor(payload), self._v2_response)
+        return self.infer("v1", headers, lambda: v1_instances(payload), self._v1_response)
 
-    def _v1_response(self, result: dict[str, np.ndarray]) -> dict:
+    def _v1_response(self, result: dict[str, np.ndarray], request_id: str) -> dict:
         predictions = [
             {"class_id": int(c), "probabilities": p.tolist(), "concept_score": float(s), "is_ood": bool(o)}
             for c, p, s, o in zip(*result.values(), strict=True)
         ]
-        return {"predictions": predictions, "model_version": self.version}
+        return {"predictions": predictions, "model_version": self.version, "request_id": request_id}
 
-    def _v2_response(self, request: InferRequest, result: dict[str, np.ndarray]) -> InferResponse:
+    def _v2_response(self, result: dict[str, np.ndarray], request_id: str) -> InferResponse:
         outputs = []
         for name, array in result.items():
             output = InferOutput(name=name, shape=list(array.shape), datatype=OUTPUT_TYPES[name])
             output.set_data_from_numpy(array, binary_data=False)
             outputs.append(output)
         return InferResponse(
-            response_id=request.id or "",
+            response_id=request_id,
             model_name=self.name,
             model_version=self.version,
             infer_outputs=outputs,

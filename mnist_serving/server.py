@@ -13,10 +13,13 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import RESTServer
 
+from mnist_serving import metrics
 from mnist_serving.binary_infer import BinaryInfer
 from mnist_serving.body_limit import BodyLimit
 from mnist_serving.drain import Drain
+from mnist_serving.feedback import add_feedback_route
 from mnist_serving.predictor import MnistPredictor
+from mnist_serving.request_log import FeedbackLog, RequestLog
 
 MODEL_NAME = "mnist"
 log = logging.getLogger("mnist_serving")
@@ -50,15 +53,24 @@ def serve(
     max_batch: int = 1024,
     max_body_bytes: int = 16 * 1024 * 1024,
     model_name: str = MODEL_NAME,
+    request_log: RequestLog | None = None,
 ) -> None:
     """Load the version, then serve v1 and v2 on every listener until SIGTERM/SIGINT,
     which stops accepting, finishes requests in flight and exits. SIGUSR1 first hands
-    new connections to a successor on the same socket (see ``drain``)."""
-    model = MnistPredictor(model_name, version_dir, max_batch=max_batch)
+    new connections to a successor on the same socket (see ``drain``). With a
+    ``request_log``, every prediction is logged and labels are taken at ``.../feedback``."""
+    model = MnistPredictor(model_name, version_dir, max_batch=max_batch, request_log=request_log)
     model.load()
     drain = Drain()
     rest = rest_server(model, max_body_bytes, middlewares=((BinaryInfer, {"model": model}), (drain.middleware, {})))
     drain.install(rest._server)  # KServe keeps its uvicorn.Server private; drain needs its listeners
+    if request_log is not None:
+        add_feedback_route(model_server.app, model_name, request_log, FeedbackLog(request_log.directory))
+        metrics.LOG_DROPPED.set_function(lambda: request_log.dropped)
     addresses = ", ".join("http://{}:{}".format(*s.getsockname()[:2]) for s in listeners)
     log.info(f"serving {model_name} version {model.version} from {version_dir} on {addresses} (pid {os.getpid()})")
-    rest.run(sockets=listeners)
+    try:
+        rest.run(sockets=listeners)
+    finally:
+        if request_log is not None:
+            request_log.close()

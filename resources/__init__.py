@@ -2,8 +2,17 @@
 model registry, serving). Each has a local default; its settings class is what the one
 run-config file configures."""
 
+from resources.alerts import AlertWebhook
 from resources.data_store import DataStore, DataStoreSettings
 from resources.deployer import LocalDeployer, ServingSettings
 from resources.model_registry import ModelRegistry, RegistrySettings
 
-__all__ = ["DataStore", "DataStoreSettings", "LocalDeployer", "ModelRegistry", "RegistrySettings", "ServingSettings"]
+__all__ = [
+    "AlertWebhook",
+    "DataStore",
+    "DataStoreSettings",
+    "LocalDeployer",
+    "ModelRegistry",
+    "RegistrySettings",
+    "ServingSettings",
+]

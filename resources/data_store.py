@@ -15,7 +15,7 @@ import numpy as np
 from dagster import Config, ConfigurableResource
 from pydantic import Field
 
-from mnist_ml.download import FetchResult, fetch_verified
+from mnist_ml.download import FetchResult, fetch_verified, folder_fingerprint, mirror_fingerprint
 
 
 class DataStoreSettings(Config):
@@ -57,6 +57,14 @@ class DataStore(ConfigurableResource, DataStoreSettings):
             backoff=backoff,
             log=log,
         )
+
+    def mirror_fingerprint(self, filename: str, mirrors: Sequence[str], timeout: float) -> str | None:
+        """A token that changes when ``filename`` changes at its first answering mirror."""
+        return mirror_fingerprint(mirrors, filename, timeout)
+
+    def incoming_fingerprint(self) -> str:
+        """A token that changes when labelled images are added to ``incoming/``."""
+        return folder_fingerprint(self.path("incoming"))
 
     def save_arrays(self, name: str, **arrays: np.ndarray) -> Path:
         """Store arrays compactly as ``processed/<name>.npz``."""

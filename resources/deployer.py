@@ -12,6 +12,7 @@ from pathlib import Path
 from dagster import Config, ConfigurableResource
 from pydantic import Field
 
+from mnist_ml.download import folder_fingerprint
 from mnist_serving.client import EndpointClient
 from mnist_serving.local_endpoint import Endpoint, LocalEndpoint
 
@@ -23,16 +24,35 @@ class ServingSettings(Config):
     startup_timeout_s: float = Field(default=120.0, gt=0, description="How long a new version may take to be ready.")
     max_batch: int = Field(default=1024, ge=1, le=100_000, description="Most images the server takes per request.")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=4096, description="Largest request body accepted.")
+    request_log: bool = Field(default=True, description="Log every prediction (in <state_dir>/requests).")
+    input_sample_rate: float = Field(
+        default=0.05, ge=0, le=1, description="Share of inputs kept in the log; flagged inputs are always kept."
+    )
+    log_max_file_mb: float = Field(default=64.0, gt=0, description="Rotate request log files at this size.")
+    log_max_files: int = Field(default=20, ge=1, description="Request log files kept; the oldest are deleted.")
 
 
 class LocalDeployer(ConfigurableResource, ServingSettings):
+    @property
+    def request_log_dir(self) -> Path:
+        """Where the endpoint logs predictions and feedback (read by monitoring)."""
+        return Path(self.state_dir).resolve() / "requests"
+
+    def feedback_fingerprint(self) -> str:
+        """A token that changes when labels arrive through the feedback route."""
+        return folder_fingerprint(self.request_log_dir, "feedback*")
+
     def _endpoint(self, log: Callable[[str], None]) -> LocalEndpoint:
+        args = ["--max-batch", str(self.max_batch), "--max-body-bytes", str(self.max_body_bytes)]
+        if self.request_log:
+            args += ["--request-log", str(self.request_log_dir), "--input-sample-rate", str(self.input_sample_rate)]
+            args += ["--log-max-file-mb", str(self.log_max_file_mb), "--log-max-files", str(self.log_max_files)]
         return LocalEndpoint(
             Path(self.state_dir).resolve(),
             self.host,
             self.port,
             startup_timeout=self.startup_timeout_s,
-            server_args=("--max-batch", str(self.max_batch), "--max-body-bytes", str(self.max_body_bytes)),
+            server_args=tuple(args),
             log=log,
         )
 
@@ -46,5 +66,6 @@ class LocalDeployer(ConfigurableResource, ServingSettings):
     def stop(self, log: Callable[[str], None] = print) -> Endpoint | None:
         return self._endpoint(log).stop()
 
-    def client(self, endpoint: Endpoint) -> EndpointClient:
-        return EndpointClient(endpoint.url)
+    def client(self, endpoint: Endpoint, traffic: str | None = None) -> EndpointClient:
+        """A client for the endpoint; ``traffic="test"`` keeps its requests out of the log."""
+        return EndpointClient(endpoint.url, traffic=traffic)

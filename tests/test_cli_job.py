@@ -19,7 +19,15 @@ def _execute(tmp_path: Path, override: dict) -> subprocess.CompletedProcess:
     home = tmp_path / "dagster_home"
     home.mkdir(exist_ok=True)
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    (tmp_path / "override.yaml").write_text(json.dumps({"data_store": {"root": str(tmp_path / "data")}, **override}))
+    (tmp_path / "override.yaml").write_text(
+        json.dumps(
+            {
+                "data_store": {"root": str(tmp_path / "data")},
+                "serving": {"state_dir": str(tmp_path / "serving")},
+                **override,
+            }
+        )
+    )
     command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "mnist_assets.definitions"]
     command += ["-j", "mnist_training", "-c", str(ROOT / "run_config.yaml"), "-c", str(tmp_path / "override.yaml")]
     env = {**os.environ, "DAGSTER_HOME": str(home)}
@@ -46,7 +54,13 @@ def test_job_runs_steps_in_parallel_and_succeeds(tmp_path, real_mirrors):
         (run,) = instance.get_runs()
         assert run.status == DagsterRunStatus.SUCCESS
         steps = {s.step_key: s for s in instance.get_run_step_stats(run.run_id)}
-    assert set(steps) == {"mnist_dataset", "notmnist_dataset", "mnist_classifier", "mnist_concept_model"}
+    assert set(steps) == {
+        "mnist_dataset",
+        "notmnist_dataset",
+        "production_labels",
+        "mnist_classifier",
+        "mnist_concept_model",
+    }
     if (os.cpu_count() or 1) < 2:
         pytest.skip("one CPU: the multiprocess executor runs one step at a time")
     assert _overlap(steps["mnist_dataset"], steps["notmnist_dataset"]), "downloads did not run in parallel"

@@ -37,7 +37,13 @@ def _keys(mapping, prefix="") -> set[str]:
 def test_definitions_load_and_jobs_resolve():
     job = defs.resolve_job_def("mnist_training")
     assets = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
-    assert assets == {"mnist_dataset", "notmnist_dataset", "mnist_classifier", "mnist_concept_model"}
+    assert assets == {
+        "mnist_dataset",
+        "notmnist_dataset",
+        "production_labels",
+        "mnist_classifier",
+        "mnist_concept_model",
+    }
     pipeline = defs.resolve_job_def("mnist_pipeline")
     chain = {key.to_user_string() for key in pipeline.asset_layer.executable_asset_keys}
     assert chain == assets | {"uploaded_model", "model_deployment", "deployment_test_results"}

@@ -5,13 +5,16 @@ stopped here through LocalEndpoint."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
+from mnist_serving.client import binary_request
 from mnist_serving.local_endpoint import LocalEndpoint
+from mnist_serving.request_log import read_feedback, read_predictions
 
 MAX_BATCH = 64
 MAX_BODY = 256 * 1024
@@ -20,10 +23,18 @@ MAX_BODY = 256 * 1024
 @pytest.fixture(scope="module")
 def endpoint(tiny_versions, tmp_path_factory):
     _, versions = tiny_versions
+    state = tmp_path_factory.mktemp("serving")
     local = LocalEndpoint(
-        tmp_path_factory.mktemp("serving"),
+        state,
         port=0,
-        server_args=("--max-batch", str(MAX_BATCH), "--max-body-bytes", str(MAX_BODY)),
+        server_args=(
+            "--max-batch",
+            str(MAX_BATCH),
+            "--max-body-bytes",
+            str(MAX_BODY),
+            "--request-log",
+            str(state / "log"),
+        ),
     )
     deployed = local.deploy(versions[0].path, str(versions[0].version))
     yield deployed
@@ -165,3 +176,71 @@ def _metrics(endpoint) -> dict[str, float]:
     text = requests.get(f"{endpoint.url}/metrics", timeout=5).text
     pairs = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     return {key: float(value) for key, value in pairs}
+
+
+def _wait_for_log(directory: Path, request_id: str, timeout: float = 10.0) -> list:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [p for p in read_predictions(directory)[0] if p.request_id == request_id]
+        if found:
+            return found
+        time.sleep(0.2)
+    return []
+
+
+def test_predictions_are_logged_except_test_traffic(endpoint):
+    log_dir = Path(endpoint.log_file).parent / "log"
+    images = _images(3, seed=5)
+    response = requests.post(
+        f"{endpoint.url}/v1/models/mnist:predict",
+        json={"instances": images.reshape(3, 784).tolist()},
+        headers={"x-request-id": "logged-1"},
+        timeout=10,
+    )
+    assert response.json()["request_id"] == "logged-1"
+    logged = _wait_for_log(log_dir, "logged-1")
+    assert [p.index for p in logged] == [0, 1, 2]
+    assert [p.predicted for p in logged] == [p["class_id"] for p in response.json()["predictions"]]
+    assert all(p.version == endpoint.version for p in logged)
+    # Flagged inputs are always kept, exactly as sent.
+    for p, image in zip(logged, images, strict=True):
+        if p.is_ood:
+            np.testing.assert_array_equal(p.image, image)
+
+    binary = requests.post(
+        f"{endpoint.url}/v2/models/mnist/infer",
+        **{**binary_request(_images(2)), "headers": {**binary_request(_images(2))["headers"], "x-request-id": "bin-1"}},
+        timeout=10,
+    )
+    assert binary.json()["id"] == "bin-1" and len(_wait_for_log(log_dir, "bin-1")) == 2
+
+    requests.post(
+        f"{endpoint.url}/v1/models/mnist:predict",
+        json={"instances": images.reshape(3, 784).tolist()},
+        headers={"x-request-id": "test-traffic", "x-mnist-traffic": "test"},
+        timeout=10,
+    )
+    assert _wait_for_log(log_dir, "test-traffic", timeout=1.5) == []
+
+
+def test_feedback_accepts_labels_for_served_requests_only(endpoint):
+    log_dir = Path(endpoint.log_file).parent / "log"
+    url = f"{endpoint.url}/v1/models/mnist/feedback"
+    served = requests.post(
+        f"{endpoint.url}/v1/models/mnist:predict", json={"instances": _images(2).reshape(2, 784).tolist()}, timeout=10
+    ).json()["request_id"]
+    good = requests.post(url, json={"request_id": served, "index": 1, "label": 7}, timeout=10)
+    assert good.status_code == 200 and good.json()["accepted"] is True
+    cases = {
+        "unknown id": ({"request_id": "never-served", "label": 3}, 404),
+        "label out of range": ({"request_id": served, "label": 10}, 400),
+        "label not an int": ({"request_id": served, "label": "7"}, 400),
+        "index out of range": ({"request_id": served, "index": 2, "label": 1}, 400),
+        "no request id": ({"label": 1}, 400),
+    }
+    for name, (body, status) in cases.items():
+        response = requests.post(url, json=body, timeout=10)
+        assert response.status_code == status, f"{name}: {response.text}"
+        assert response.json()["error"]
+    assert requests.post(url, data=b"{oops", timeout=10).status_code == 400
+    assert read_feedback(log_dir) == {(served, 1): 7}

@@ -10,12 +10,18 @@ import numpy as np
 import pytest
 from dagster import AssetCheckKey, AssetKey, materialize
 
-from mnist_assets.assets import mnist_classifier, mnist_concept_model, mnist_dataset, notmnist_dataset
+from mnist_assets.assets import (
+    mnist_classifier,
+    mnist_concept_model,
+    mnist_dataset,
+    notmnist_dataset,
+    production_labels,
+)
 from mnist_ml.model_contract import read_concept_calibration
 from mnist_ml.savedmodel import LoadedModel
-from resources import DataStore
+from resources import DataStore, LocalDeployer
 
-ASSETS = [mnist_dataset, notmnist_dataset, mnist_classifier, mnist_concept_model]
+ASSETS = [mnist_dataset, notmnist_dataset, production_labels, mnist_classifier, mnist_concept_model]
 
 
 def _run_config(mirrors, **overrides):
@@ -34,8 +40,10 @@ def _run_config(mirrors, **overrides):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, real_mirrors):
     """One real run of all four assets and their checks, shared by the tests below."""
-    store = DataStore(root=str(tmp_path_factory.mktemp("store")))
-    result = materialize(ASSETS, run_config=_run_config(real_mirrors), resources={"data_store": store})
+    root = tmp_path_factory.mktemp("store")
+    store = DataStore(root=str(root))
+    resources = {"data_store": store, "deployer": LocalDeployer(state_dir=str(root / "serving"))}
+    result = materialize(ASSETS, run_config=_run_config(real_mirrors), resources=resources)
     return result, store
 
 

@@ -1,8 +1,9 @@
 """Assets in chain order: datasets, models, delivery."""
 
-from mnist_assets.assets.data import mnist_dataset, notmnist_dataset
+from mnist_assets.assets.data import mnist_dataset, notmnist_dataset, production_labels
 from mnist_assets.assets.delivery import deployment_test_results, model_deployment, uploaded_model
 from mnist_assets.assets.models import mnist_classifier, mnist_concept_model
+from mnist_assets.assets.monitoring import production_monitoring
 
 __all__ = [
     "deployment_test_results",
@@ -11,5 +12,7 @@ __all__ = [
     "mnist_dataset",
     "model_deployment",
     "notmnist_dataset",
+    "production_labels",
+    "production_monitoring",
     "uploaded_model",
 ]

@@ -12,8 +12,10 @@ from mnist_ml import plots
 from mnist_ml.datasets import DIGITS, MNIST_FILES, NOTMNIST_ARCHIVE, class_counts, load_mnist
 from mnist_ml.download import FetchResult
 from mnist_ml.idx import validate_idx
+from mnist_ml.image_folder import load_image_folder
 from mnist_ml.notmnist import LETTERS, load_notmnist, safe_extract, validate_archive
-from resources import DataStore
+from mnist_serving.traffic import relabelled_inputs
+from resources import DataStore, LocalDeployer
 
 OWNERS = ["team:mlops"]
 SAMPLES_PER_CLASS = 4
@@ -100,6 +102,37 @@ def notmnist_dataset(context: AssetExecutionContext, config: NotMnistDataConfig,
             "skipped_files": MetadataValue.json(glyphs.skipped[:50]),
             "archive_payload_sha256": fetched.sha256,
             "samples": metadata.png(grid, "notMNIST samples"),
+            "path": MetadataValue.path(str(path)),
+        }
+    )
+
+
+@asset(
+    group_name="data",
+    owners=OWNERS,
+    kinds={"numpy"},
+    description="Newly labelled digits for the next training set: PNGs dropped into the data store's "
+    "incoming/<digit>/ folders, and production inputs relabelled through the endpoint's feedback "
+    "route (processed/production_labels.npz).",
+)
+def production_labels(context: AssetExecutionContext, data_store: DataStore, deployer: LocalDeployer):
+    dropped, dropped_labels, skipped = load_image_folder(data_store.path("incoming"), DIGITS)
+    relabelled, relabelled_labels, without_input = relabelled_inputs(deployer.request_log_dir)
+    if skipped:
+        context.log.warning(f"skipped {len(skipped)} unreadable incoming images, e.g. {skipped[:3]}")
+    if without_input:
+        context.log.info(f"{without_input} feedback labels have no kept input (raise serving.input_sample_rate)")
+    images = np.concatenate([dropped, relabelled]).astype(np.uint8)
+    labels = np.concatenate([dropped_labels, relabelled_labels]).astype(np.uint8)
+    path = data_store.save_arrays("production_labels", x=images, y=labels)
+    return MaterializeResult(
+        metadata={
+            "images": len(images),
+            "from_incoming_folder": len(dropped),
+            "from_feedback": len(relabelled),
+            "feedback_without_kept_input": without_input,
+            "skipped_files": MetadataValue.json(skipped[:50]),
+            "per_class": metadata.table(class_counts(labels, DIGITS), "digit", "images"),
             "path": MetadataValue.path(str(path)),
         }
     )

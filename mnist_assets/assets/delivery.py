@@ -133,7 +133,7 @@ def deployment_test_results(
     version = repository.get(int(endpoint.version))
     noisy = version.manifest["training"][CONCEPT_MODEL]["config"]
     report = run_acceptance(
-        deployer.client(endpoint),
+        deployer.client(endpoint, traffic="test"),
         data_store.load_arrays("mnist"),
         data_store.load_arrays("notmnist")["x"],
         noise_amplitude=noisy["noise_amplitude"],

@@ -6,7 +6,7 @@ import numpy as np
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from mnist_assets import metadata
-from mnist_assets.assets.data import mnist_dataset, notmnist_dataset
+from mnist_assets.assets.data import mnist_dataset, notmnist_dataset, production_labels
 from mnist_assets.checks import (
     CLASSIFIER_ACCURACY,
     CONCEPT_DETECTION,
@@ -47,7 +47,7 @@ def _record(data_store: DataStore, model_dir: str, fit, config, metrics: dict, p
 @asset(
     group_name="models",
     owners=OWNERS,
-    deps=[mnist_dataset],
+    deps=[mnist_dataset, production_labels],
     check_specs=[CLASSIFIER_ACCURACY],
     kinds={"tensorflow"},
     description="Digit classifier (dense 256-64 by default) exported as a SavedModel with the "
@@ -58,7 +58,9 @@ def mnist_classifier(context: AssetExecutionContext, config: ClassifierConfig, d
     from mnist_ml.savedmodel import LoadedModel, export_classifier
 
     data = data_store.load_arrays("mnist")
-    x_train, y_train = data["x_train"], data["y_train"]
+    extra = data_store.load_arrays("production_labels")
+    x_train, y_train = np.concatenate([data["x_train"], extra["x"]]), np.concatenate([data["y_train"], extra["y"]])
+    context.log.info(f"training on {len(data['x_train'])} MNIST and {len(extra['x'])} production-labelled digits")
     trained = train_classifier(
         x_train, y_train, config.architecture, config.hidden_units, config.fit_params(), context.log.info
     )
@@ -78,6 +80,7 @@ def mnist_classifier(context: AssetExecutionContext, config: ClassifierConfig, d
         metadata={
             "test_accuracy": accuracy,
             "validation_accuracy": trained.history["val_accuracy"][-1],
+            "production_labelled_images": len(extra["x"]),
             "per_class_accuracy": metadata.table(per_class, "digit", "accuracy"),
             **_record(data_store, CLASSIFIER_DIR, trained, config, metrics, pngs),
         },

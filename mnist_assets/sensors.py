@@ -1,0 +1,134 @@
+"""Sensors that close the loop: retrain on drift or new data, and alert on failure.
+
+Sensors get no run config, so they read the same ``run_config.yaml`` the main command
+uses (``$MNIST_RUN_CONFIG``, default ``run_config.yaml`` in the working directory): its
+``monitoring`` section sets the drift thresholds, and the whole file becomes the run
+config of the runs they request. Their state lives in Dagster cursors, so a daemon
+restart neither repeats nor loses work."""
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+from dagster import (
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    SensorEvaluationContext,
+    SkipReason,
+    run_failure_sensor,
+    sensor,
+)
+
+from mnist_assets.assets.monitoring import training_class_counts
+from mnist_assets.config import PipelineConfig
+from mnist_assets.jobs import mnist_pipeline
+from mnist_ml.datasets import MNIST_FILES, NOTMNIST_ARCHIVE
+from mnist_ml.drift import DriftState, drift_reasons, drift_step
+from mnist_serving.traffic import window_traffic
+from resources import AlertWebhook, DataStore, LocalDeployer
+
+DRIFT_INTERVAL_S = int(os.environ.get("MNIST_DRIFT_SENSOR_INTERVAL_S", "30"))
+NEW_DATA_INTERVAL_S = int(os.environ.get("MNIST_NEW_DATA_SENSOR_INTERVAL_S", "300"))
+
+
+def load_run_config() -> tuple[dict, PipelineConfig]:
+    """The run-config file as written (for run requests) and validated."""
+    path = Path(os.environ.get("MNIST_RUN_CONFIG", "run_config.yaml"))
+    raw = yaml.safe_load(path.read_text()) or {}
+    return raw, PipelineConfig.model_validate(raw)
+
+
+@sensor(
+    job=mnist_pipeline,
+    minimum_interval_seconds=DRIFT_INTERVAL_S,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Requests one retraining run per drift episode when, over the monitoring window, the "
+    "out-of-distribution rate or the predicted-class PSI crosses its bound (with a minimum volume "
+    "and a cooldown).",
+)
+def drift_sensor(context: SensorEvaluationContext):
+    raw, config = load_run_config()
+    store = DataStore(**config.data_store.model_dump())
+    if not store.path("processed", "mnist.npz").exists():
+        return SkipReason("no training data yet: materialize mnist_dataset first")
+    monitoring, now = config.monitoring, time.time()
+    summary = window_traffic(
+        LocalDeployer(**config.serving.model_dump()).request_log_dir,
+        training_class_counts(store),
+        monitoring.window_minutes * 60,
+        now,
+        monitoring.buckets,
+    ).summary
+    reasons = drift_reasons(summary, monitoring.max_ood_rate, monitoring.max_class_psi, monitoring.min_images)
+    state = DriftState(**json.loads(context.cursor)) if context.cursor else DriftState()
+    state, action = drift_step(state, bool(reasons), now, monitoring.cooldown_minutes * 60)
+    context.update_cursor(json.dumps(asdict(state)))
+    numbers = f"{summary.images} images, OOD rate {summary.ood_rate:.3f}, class PSI {summary.psi:.3f}"
+    if action != "run":
+        return SkipReason(f"{action}: {numbers}")
+    context.log.info(f"drift ({'; '.join(reasons)}): requesting a retraining run")
+    return RunRequest(
+        run_key=f"drift-{state.episode:.0f}",
+        run_config=raw,
+        tags={
+            "mnist/trigger": "drift",
+            "mnist/reason": "; ".join(reasons),
+            "mnist/images": str(summary.images),
+            "mnist/ood_rate": f"{summary.ood_rate:.4f}",
+            "mnist/class_psi": f"{summary.psi:.4f}",
+        },
+    )
+
+
+def data_fingerprints(config: PipelineConfig, previous: dict[str, str]) -> dict[str, str]:
+    """What says the data changed: each file at the first mirror that answers, the incoming
+    folder, and the feedback log. An unreachable mirror keeps its previous fingerprint."""
+    store = DataStore(**config.data_store.model_dump())
+    sources = {name: config.mnist for name in MNIST_FILES} | {NOTMNIST_ARCHIVE: config.notmnist}
+    found = {}
+    for name, data in sources.items():
+        token = store.mirror_fingerprint(name, data.mirrors, data.timeout_s)
+        found[name] = token or previous.get(name, "unreachable")
+    found["incoming"] = store.incoming_fingerprint()
+    found["feedback"] = LocalDeployer(**config.serving.model_dump()).feedback_fingerprint()
+    return found
+
+
+@sensor(
+    job=mnist_pipeline,
+    minimum_interval_seconds=NEW_DATA_INTERVAL_S,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Reruns the datasets and everything downstream when a mirror's files change, labelled "
+    "digits land in the data store's incoming/ folder, or labels arrive through the feedback route.",
+)
+def new_data_sensor(context: SensorEvaluationContext):
+    raw, config = load_run_config()
+    previous = json.loads(context.cursor) if context.cursor else None
+    current = data_fingerprints(config, previous or {})
+    context.update_cursor(json.dumps(current, sort_keys=True))
+    if previous is None:
+        return SkipReason("recorded the first fingerprints of the data; changes from now on trigger a run")
+    changed = sorted(key for key in current if current[key] != previous.get(key))
+    if not changed:
+        return SkipReason("no change in the mirrors, incoming/ or the feedback log")
+    digest = hashlib.sha256(json.dumps(current, sort_keys=True).encode()).hexdigest()[:16]
+    return RunRequest(
+        run_key=f"new-data-{digest}",
+        run_config=raw,
+        tags={"mnist/trigger": "new-data", "mnist/changed": ", ".join(changed)},
+    )
+
+
+@run_failure_sensor(
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Posts failed runs to the alert webhook ($MNIST_ALERT_WEBHOOK_URL), or logs that none is set.",
+)
+def failure_alert(context: RunFailureSensorContext, alert_webhook: AlertWebhook):
+    run = context.dagster_run
+    message = f"Dagster run {run.run_id} of {run.job_name} failed: {context.failure_event.message}"
+    alert_webhook.send(message, {"run_id": run.run_id, "job": run.job_name, "tags": dict(run.tags)}, context.log)

@@ -1,0 +1,394 @@
+"""A record of every prediction the endpoint serves, and the ground-truth labels sent back for them.
+
+Serving must not wait for the disk: ``RequestLog.record`` only puts the request's arrays on a
+bounded queue, and a background thread turns them into JSON lines and appends them to files.
+Each process writes its own files (``requests-<UTC time>-<pid>-<seq>.jsonl``), so the two servers
+that overlap during a redeploy never share one. A crash can lose what was still queued and leave
+a half-written last line, which the readers skip; lines written before it stay intact, because
+a file is only ever appended to, one whole batch of lines per ``write()``.
+"""
+
+from __future__ import annotations
+
+import binascii
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple
+
+import numpy as np
+import orjson
+
+FEEDBACK = "feedback.jsonl"
+PREFIX = "requests-"
+SUFFIX = ".jsonl"
+IMAGE_SHAPE = (28, 28)
+PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+MAX_LINES_PER_WRITE = 20_000  # bounds the writer's memory when it catches up on a backlog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoggedPrediction:
+    ts: float  # unix seconds
+    request_id: str
+    index: int  # position of the image in its request
+    version: str  # model version that served it
+    predicted: int
+    confidence: float  # top class probability
+    concept_score: float
+    is_ood: bool
+    image: np.ndarray | None  # uint8 [28, 28] when the input was kept, else None
+
+
+class _Request(NamedTuple):
+    ts: float
+    request_id: str
+    version: str
+    images: np.ndarray
+    class_ids: np.ndarray
+    probabilities: np.ndarray
+    concept_scores: np.ndarray
+    is_ood: np.ndarray
+
+
+class RequestLog:
+    """Append-only JSON-lines log of predictions, written by a background thread.
+
+    Call ``close()`` when serving stops: it writes what is still queued. The arrays passed to
+    ``record`` are kept as they are until written, so the caller must not modify them after.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_file_bytes: int = 64 * 2**20,
+        max_files: int = 20,
+        sample_rate: float = 0.05,
+        flush_interval_s: float = 0.5,
+        queue_size: int = 100_000,
+        known_ids: int = 100_000,
+        seed: int | None = None,
+    ) -> None:
+        if not 0.0 <= sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be in [0, 1], got {sample_rate}")
+        if max_files < 1:
+            raise ValueError(f"max_files must be at least 1 (the file being written), got {max_files}")
+        self.directory = Path(directory)
+        self.max_file_bytes, self.max_files = max_file_bytes, max_files
+        self.sample_rate, self.flush_interval_s = sample_rate, flush_interval_s
+        self.known_ids = known_ids
+        self._rng = np.random.default_rng(seed)
+        self._queue: queue.Queue[_Request] = queue.Queue(maxsize=queue_size)
+        self._known: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()  # guards _known and _dropped
+        self._dropped = 0
+        self._closing = threading.Event()
+        self._pid = os.getpid()
+        self._seq = 0
+        self._file: Any = None  # the open prediction file, opened on the first write after a rotation
+        self._path: Path | None = None
+        self._size = 0
+        self._preload_known_ids()
+        self._writer = threading.Thread(target=self._run, name="request-log-writer", daemon=True)
+        self._writer.start()
+
+    def record(
+        self,
+        request_id: str,
+        version: str,
+        images: np.ndarray,
+        class_ids: np.ndarray,
+        probabilities: np.ndarray,
+        concept_scores: np.ndarray,
+        is_ood: np.ndarray,
+    ) -> None:
+        """Queue one served request for writing; never blocks. ``images`` are the model input:
+        [N, 28, 28] (or [N, 784]) uint8 pixels or floats in [0, 1]."""
+        n = len(images)
+        if not len(class_ids) == len(probabilities) == len(concept_scores) == len(is_ood) == n:
+            raise ValueError(
+                f"request {request_id!r}: {n} images but {len(class_ids)} class ids, {len(probabilities)} "
+                f"probability rows, {len(concept_scores)} concept scores and {len(is_ood)} OOD flags"
+            )
+        self._remember(request_id, n)
+        item = _Request(time.time(), request_id, version, images, class_ids, probabilities, concept_scores, is_ood)
+        if self._closing.is_set() or not _offer(self._queue, item):  # after close() nobody would write it
+            with self._lock:
+                self._dropped += 1
+
+    def knows(self, request_id: str) -> int | None:
+        """The number of images of ``request_id`` if it is one of the last ``known_ids`` requests
+        served (by this process, or found in the directory at start-up), else None."""
+        with self._lock:
+            return self._known.get(request_id)
+
+    def close(self) -> None:
+        """Write everything queued, then stop the writer thread. Safe to call twice."""
+        self._closing.set()
+        self._writer.join()
+
+    @property
+    def dropped(self) -> int:
+        """Requests not logged because the queue was full (or the log already closed)."""
+        return self._dropped
+
+    def _remember(self, request_id: str, n: int) -> None:
+        with self._lock:
+            self._known[request_id] = n
+            self._known.move_to_end(request_id)
+            if len(self._known) > self.known_ids:
+                self._known.popitem(last=False)
+
+    def _preload_known_ids(self) -> None:
+        """Remember the newest requests already in the directory, so feedback for requests the
+        previous server served is still accepted after a redeploy. Reads the newest files only."""
+        per_file: list[dict[str, int]] = []
+        for path in reversed(_prediction_files(self.directory)):
+            per_file.append(_image_counts(path))
+            if sum(map(len, per_file)) >= self.known_ids:
+                break
+        for counts in reversed(per_file):
+            for request_id, n in counts.items():
+                self._remember(request_id, n)
+
+    def _run(self) -> None:
+        while True:
+            closing = self._closing.wait(self.flush_interval_s)
+            self._drain()
+            if closing:
+                break
+        if self._file is not None:
+            self._file.close()
+
+    def _drain(self) -> None:
+        """Write what is queued, in bounded chunks of one ``write()`` each."""
+        while True:
+            lines: list[bytes] = []
+            with contextlib.suppress(queue.Empty):
+                while len(lines) < MAX_LINES_PER_WRITE:
+                    lines += self._lines(self._queue.get_nowait())
+            if not lines:
+                return
+            try:
+                self._append(b"".join(lines))
+            except OSError:
+                log.exception("could not write %d prediction lines to %s; they are lost", len(lines), self.directory)
+
+    def _lines(self, request: _Request) -> list[bytes]:
+        """One JSON line per image. Bad arrays cost their own request only, never the writer thread."""
+        try:
+            return _encode(request, self._rng, self.sample_rate)
+        except Exception:
+            log.exception("could not encode request %r for the request log; it is skipped", request.request_id)
+            return []
+
+    def _append(self, data: bytes) -> None:
+        if self._file is None:
+            self._open_next()
+        self._file.write(data)
+        self._file.flush()
+        self._size += len(data)
+        if self._size >= self.max_file_bytes:
+            self._file.close()
+            self._file, self._size = None, 0
+            self._seq += 1
+
+    def _open_next(self) -> None:
+        """Create a new file of our own (never one another writer has), then apply retention."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        while True:
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+            path = self.directory / f"{PREFIX}{stamp}-{self._pid}-{self._seq:04d}{SUFFIX}"
+            try:
+                self._file = open(path, "ab", opener=_create_new)  # noqa: SIM115 - kept open across writes
+                break
+            except FileExistsError:  # same pid in another container sharing the volume
+                self._seq += 1
+        self._path = path
+        self._delete_oldest()
+
+    def _delete_oldest(self) -> None:
+        """Keep at most ``max_files`` prediction files, counting the one being written."""
+        others = [path for path in _prediction_files(self.directory) if path != self._path]
+        for path in others[: max(0, len(others) + 1 - self.max_files)]:
+            path.unlink(missing_ok=True)
+
+
+class FeedbackLog:
+    """Ground-truth labels for served predictions, appended to <directory>/feedback.jsonl.
+
+    Each label is one ``write()`` to a file opened for appending, so concurrent threads and
+    processes never interleave their lines and no lock is needed."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / FEEDBACK
+
+    def add(self, request_id: str, index: int, label: int) -> None:
+        """Append one label and flush it (low volume, so synchronous)."""
+        line = orjson.dumps(
+            {"ts": time.time(), "id": request_id, "i": int(index), "label": int(label)},
+            option=orjson.OPT_APPEND_NEWLINE,
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+b") as out:
+            if _ends_mid_line(out):  # a writer crashed mid-line: end that line rather than extend it
+                line = b"\n" + line
+            out.write(line)
+
+
+def read_predictions(
+    directory: Path, since: float | None = None, until: float | None = None
+) -> tuple[list[LoggedPrediction], int]:
+    """Every logged prediction with ``since <= ts < until``, oldest first, and the number of lines
+    that could not be read (a crash mid-write leaves one): those are skipped, never fatal."""
+    predictions: list[LoggedPrediction] = []
+    malformed = 0
+    for path in _prediction_files(directory):
+        for line in _lines_of(path):
+            try:
+                prediction = _decode(line)
+            except (ValueError, TypeError, KeyError):
+                malformed += 1
+                continue
+            if (since is None or prediction.ts >= since) and (until is None or prediction.ts < until):
+                predictions.append(prediction)
+    predictions.sort(key=lambda p: p.ts)  # stable: a request's images stay in order
+    return predictions, malformed
+
+
+def read_feedback(directory: Path) -> dict[tuple[str, int], int]:
+    """(request_id, index) -> label; a later label replaces an earlier one. Bad lines are skipped."""
+    labels: dict[tuple[str, int], int] = {}
+    for line in _lines_of(Path(directory) / FEEDBACK):
+        try:
+            record = orjson.loads(line)
+            labels[_field(record, "id", str), _field(record, "i", int)] = _field(record, "label", int)
+        except (ValueError, TypeError, KeyError):
+            continue
+    return labels
+
+
+def _encode(request: _Request, rng: np.random.Generator, sample_rate: float) -> list[bytes]:
+    """The request's lines; the input is kept when flagged OOD, else with ``sample_rate``.
+
+    The writer's CPU time is taken from the event loop (the GIL), so the per-image values are
+    serialized a column at a time and spliced into a per-request template: twice as fast as
+    one dict per line. Only orjson output goes in, so every line is valid JSON."""
+    is_ood = np.asarray(request.is_ood, dtype=bool)
+    images = _kept_images(request.images, np.flatnonzero(is_ood | (rng.random(len(is_ood)) < sample_rate)))
+    head = b'{"ts":%s,"id":%s,"i":' % (orjson.dumps(request.ts), orjson.dumps(request.request_id))
+    version = orjson.dumps(request.version)
+    columns = (request.class_ids, request.probabilities.max(axis=1), request.concept_scores, is_ood)
+    rows = zip(*map(_json_items, columns), strict=True)
+    return [
+        b'%s%d,"v":%s,"cls":%s,"conf":%s,"score":%s,"ood":%s%s}\n' % (head, i, version, *row, images.get(i, b""))
+        for i, row in enumerate(rows)
+    ]
+
+
+def _json_items(column: np.ndarray) -> list[bytes]:
+    """The JSON text of each number or bool in a column (none of them contains a comma)."""
+    if not len(column):
+        return []  # b"[]" would split into one empty item
+    return orjson.dumps(np.ravel(column), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+
+
+def _kept_images(images: np.ndarray, keep: np.ndarray) -> dict[int, bytes]:
+    """index -> the ``"x"`` member for the kept images: uint8 pixels as sent, floats in [0, 1]
+    scaled back to 0..255, base64-encoded."""
+    if not len(keep):  # the common case; converting even an empty array costs ~10 us
+        return {}
+    pixels = images[keep]
+    if pixels.dtype != np.uint8:
+        pixels = np.rint(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+    rows = zip(keep.tolist(), pixels.reshape(-1, PIXELS), strict=True)
+    return {i: b',"x":"%s"' % binascii.b2a_base64(row, newline=False) for i, row in rows}
+
+
+def _decode(line: bytes) -> LoggedPrediction:
+    record = orjson.loads(line)
+    image = None
+    if "x" in record:
+        image = np.frombuffer(binascii.a2b_base64(_field(record, "x", str)), np.uint8).reshape(IMAGE_SHAPE)
+    return LoggedPrediction(
+        ts=_field(record, "ts", float),
+        request_id=_field(record, "id", str),
+        index=_field(record, "i", int),
+        version=_field(record, "v", str),
+        predicted=_field(record, "cls", int),
+        confidence=_field(record, "conf", float),
+        concept_score=_field(record, "score", float),
+        is_ood=_field(record, "ood", bool),
+        image=image,
+    )
+
+
+def _image_counts(path: Path) -> dict[str, int]:
+    """request_id -> number of images, for the requests in one prediction file, oldest first.
+    A request's lines are contiguous and end with index N - 1."""
+    counts: dict[str, int] = {}
+    for line in _lines_of(path):
+        try:
+            record = orjson.loads(line)
+            counts[_field(record, "id", str)] = _field(record, "i", int) + 1
+        except (ValueError, TypeError, KeyError):
+            continue
+    return counts
+
+
+def _prediction_files(directory: Path) -> list[Path]:
+    """Prediction files, least recently written first. Modification time, not the name, orders
+    them: during a redeploy the old server's current file is older by name but still written."""
+    stamped = []
+    for path in Path(directory).glob(f"{PREFIX}*{SUFFIX}"):
+        try:
+            stamped.append((path.stat().st_mtime_ns, path.name, path))
+        except FileNotFoundError:  # deleted by the other server's retention meanwhile
+            continue
+    return [path for _, _, path in sorted(stamped)]
+
+
+def _lines_of(path: Path) -> Iterator[bytes]:
+    """The file's lines; none if it is missing or was deleted meanwhile."""
+    try:
+        with open(path, "rb") as lines:
+            yield from lines
+    except FileNotFoundError:
+        return
+
+
+def _ends_mid_line(file: BinaryIO) -> bool:
+    size = file.seek(0, os.SEEK_END)
+    return size > 0 and os.pread(file.fileno(), 1, size - 1) != b"\n"
+
+
+def _offer(requests: queue.Queue[_Request], request: _Request) -> bool:
+    """Queue without waiting; False if the queue is full."""
+    try:
+        requests.put_nowait(request)
+    except queue.Full:
+        return False
+    return True
+
+
+def _create_new(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_EXCL, 0o644)
+
+
+def _field(record: dict[str, Any], key: str, kind: type) -> Any:
+    """``record[key]`` if it has exactly the JSON type we write (so ``true`` is not an int)."""
+    value = record[key]
+    if type(value) is not kind:
+        raise TypeError(f"{key!r} should be a {kind.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,273 @@
+"""Monitoring: the production_monitoring and production_labels assets, and the sensors
+ticked with Dagster's test helpers, against a real request log written by a real server
+(tiny models), real files and a real webhook receiver on 127.0.0.1.
+
+Not covered here: the daemon scheduling ticks and launching the requested runs (see
+test_ui_daemon.py)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import yaml
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    RunRequest,
+    SkipReason,
+    asset,
+    build_run_status_sensor_context,
+    build_sensor_context,
+    materialize,
+)
+from PIL import Image
+
+from mnist_assets.assets import production_labels, production_monitoring
+from mnist_assets.sensors import drift_sensor, failure_alert, new_data_sensor
+from mnist_serving.client import EndpointClient
+from resources import AlertWebhook, DataStore, LocalDeployer
+
+GRAY = np.full((1, 28, 28), 128, np.uint8)  # the tiny autoencoder reconstructs it well
+BLACK = np.zeros((1, 28, 28), np.uint8)  # and this badly: flagged
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch, tiny_versions):
+    """A run-config file, training labels, a mirror folder and a running endpoint that logs."""
+    (tmp_path / "data" / "processed").mkdir(parents=True)
+    np.savez(tmp_path / "data" / "processed" / "mnist.npz", y_train=np.repeat(np.arange(10), 10))
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for name in (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+        "notMNIST_small.tar.gz",
+    ):
+        (mirror / name).write_bytes(b"v1")
+    config = {
+        "data_store": {"root": str(tmp_path / "data")},
+        "serving": {"port": 0, "state_dir": str(tmp_path / "serving"), "input_sample_rate": 1.0},
+        "mnist": {"mirrors": [mirror.as_uri()]},
+        "notmnist": {"mirrors": ["http://127.0.0.1:9/", mirror.as_uri()]},
+        "monitoring": {
+            "window_minutes": 10,
+            "min_images": 20,
+            "max_ood_rate": 0.5,
+            "max_class_psi": 1000,
+            "cooldown_minutes": 30,
+        },
+    }
+    (tmp_path / "run_config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("MNIST_RUN_CONFIG", str(tmp_path / "run_config.yaml"))
+    deployer = LocalDeployer(**config["serving"])
+    _, (v1, _) = tiny_versions
+    endpoint = deployer.deploy(v1.path, str(v1.version))
+    try:
+        yield tmp_path, mirror, EndpointClient(endpoint.url), deployer
+    finally:
+        deployer.stop()
+
+
+def _send(client: EndpointClient, image: np.ndarray, n: int) -> list[str]:
+    ids = []
+    for _ in range(n):
+        response = client.predict_json(image)
+        ids.append(response.json()["id"])
+    return ids
+
+
+def _tick(sensor, cursor=None):
+    context = build_sensor_context(cursor=cursor, instance=DagsterInstance.ephemeral())
+    result = sensor(context)
+    return result, context.cursor
+
+
+def _logged(world, n: int) -> None:
+    """Wait until the server's log writer has flushed ``n`` predictions."""
+    from mnist_serving.request_log import read_predictions
+
+    deadline = time.monotonic() + 10
+    while len(read_predictions(world[3].request_log_dir)[0]) < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def test_drift_sensor_one_run_per_episode_and_restart_safe(world):
+    client = world[2]
+    assert client.predict_json(GRAY).json()["outputs"][3]["data"] == [False]
+    assert client.predict_json(BLACK).json()["outputs"][3]["data"] == [True]
+    _send(client, GRAY, 28)  # 29 clean, 1 flagged so far
+    _logged(world, 30)
+    result, cursor = _tick(drift_sensor)
+    assert isinstance(result, SkipReason) and result.skip_message.startswith("quiet: 30 images")
+
+    _send(client, BLACK, 60)
+    _logged(world, 90)
+    result, cursor = _tick(drift_sensor, cursor)
+    assert isinstance(result, RunRequest)
+    assert result.run_key.startswith("drift-")
+    assert result.tags["mnist/trigger"] == "drift"
+    assert result.tags["mnist/reason"].startswith("out-of-distribution rate 0.67")
+    assert result.tags["mnist/images"] == "90"
+    assert result.run_config["monitoring"]["max_ood_rate"] == 0.5  # the run gets the file's config
+
+    again, cursor_again = _tick(drift_sensor, cursor)
+    assert isinstance(again, SkipReason) and again.skip_message.startswith("already-triggered")
+    # A daemon restart resumes from the stored cursor: still the same episode, no second run.
+    after_restart, _ = _tick(drift_sensor, cursor_again)
+    assert isinstance(after_restart, SkipReason) and after_restart.skip_message.startswith("already-triggered")
+
+
+def test_drift_inside_the_cooldown_waits(world):
+    _send(world[2], BLACK, 30)
+    _logged(world, 30)
+    recent = json.dumps({"episode": None, "triggered": False, "last_triggered": time.time() - 60})
+    result, cursor = _tick(drift_sensor, recent)
+    assert isinstance(result, SkipReason) and result.skip_message.startswith("cooldown: 30 images")
+    assert json.loads(cursor)["episode"] is not None
+
+
+def test_new_data_sensor_sees_mirror_incoming_and_feedback_changes(world):
+    tmp_path, mirror, client, _ = world
+    result, cursor = _tick(new_data_sensor)
+    assert isinstance(result, SkipReason) and "first fingerprints" in result.skip_message
+    result, cursor = _tick(new_data_sensor, cursor)
+    assert isinstance(result, SkipReason) and result.skip_message.startswith("no change")
+
+    incoming = tmp_path / "data" / "incoming" / "7"
+    incoming.mkdir(parents=True)
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(incoming / "new.png")
+    result, cursor = _tick(new_data_sensor, cursor)
+    assert isinstance(result, RunRequest) and result.tags["mnist/changed"] == "incoming"
+
+    request_id = _send(client, GRAY, 1)[0]
+    client.session.post(f"{client.url}/v1/models/mnist/feedback", json={"request_id": request_id, "label": 3})
+    result, cursor = _tick(new_data_sensor, cursor)
+    assert isinstance(result, RunRequest) and result.tags["mnist/changed"] == "feedback"
+
+    time.sleep(0.01)
+    (mirror / "t10k-labels-idx1-ubyte.gz").write_bytes(b"v2, republished upstream")
+    result, cursor = _tick(new_data_sensor, cursor)
+    assert isinstance(result, RunRequest) and result.tags["mnist/changed"] == "t10k-labels-idx1-ubyte.gz"
+    assert result.run_key != "new-data-" and result.run_config["mnist"]["mirrors"] == [mirror.as_uri()]
+
+    # notMNIST's first mirror never answers; the second (file://) does, so nothing changes.
+    result, _ = _tick(new_data_sensor, cursor)
+    assert isinstance(result, SkipReason)
+
+
+@pytest.fixture
+def webhook():
+    """A real HTTP receiver on 127.0.0.1 that records POSTed JSON bodies."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            """Quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hook", received
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@asset
+def always_fails():
+    raise RuntimeError("boom for the alert test")
+
+
+def _failure_context(instance: DagsterInstance):
+    result = materialize([always_fails], instance=instance, raise_on_error=False)
+    run = instance.get_run_by_id(result.run_id)
+    (failure,) = (e.dagster_event for e in instance.all_logs(result.run_id, of_type=DagsterEventType.RUN_FAILURE))
+    return build_run_status_sensor_context(
+        sensor_name="failure_alert", dagster_instance=instance, dagster_run=run, dagster_event=failure
+    ).for_run_failure()
+
+
+def test_failure_alert_posts_to_the_webhook(webhook, monkeypatch):
+    url, received = webhook
+    monkeypatch.setenv("MNIST_ALERT_WEBHOOK_URL", url)
+    with DagsterInstance.ephemeral() as instance:
+        context = _failure_context(instance)
+        failure_alert(context, alert_webhook=AlertWebhook())
+    (alert,) = received
+    assert alert["text"].startswith(f"Dagster run {alert['run_id']} of __ephemeral_asset_job__ failed")
+    assert alert["job"] == "__ephemeral_asset_job__"
+
+
+def test_failure_alert_without_webhook_says_so(monkeypatch, capfd):
+    monkeypatch.delenv("MNIST_ALERT_WEBHOOK_URL", raising=False)
+    with DagsterInstance.ephemeral() as instance:
+        context = _failure_context(instance)
+        assert AlertWebhook().send("test message", {}, context.log) is False
+        capfd.readouterr()
+        failure_alert(context, alert_webhook=AlertWebhook())
+    logged = capfd.readouterr().err
+    assert "no alert webhook set ($MNIST_ALERT_WEBHOOK_URL is empty), so only logging it: Dagster run" in logged
+
+
+def test_monitoring_summarizes_the_window_with_feedback_accuracy(world):
+    tmp_path, _, client, deployer = world
+    clean_ids = _send(client, GRAY, 30)
+    _send(client, BLACK, 10)
+    predicted = client.predict_json(GRAY).json()["outputs"][0]["data"][0]
+    _logged(world, 41)
+    for request_id in clean_ids[:4]:  # two labels agree with the model, two don't
+        label = predicted if request_id in clean_ids[:2] else (predicted + 1) % 10
+        client.session.post(f"{client.url}/v1/models/mnist/feedback", json={"request_id": request_id, "label": label})
+    store = DataStore(root=str(tmp_path / "data"))
+    result = materialize(
+        [production_monitoring],
+        run_config={"ops": {"production_monitoring": {"config": {"window_minutes": 10, "min_images": 20}}}},
+        resources={"data_store": store, "deployer": deployer},
+    )
+    meta = result.asset_materializations_for_node("production_monitoring")[0].metadata
+    assert meta["images"].value == 41
+    assert meta["ood_rate"].value == pytest.approx(10 / 41)
+    assert meta["labelled"].value == 4 and meta["production_accuracy"].value == 0.5
+    assert meta["class_psi"].value > 1  # the tiny model predicts one class; training has ten
+    assert (
+        meta["drift"].value
+        == f"out-of-distribution rate 0.244 > 0.2; predicted-class PSI {meta['class_psi'].value:.3f} > 0.25"
+    )
+    for plot in ("traffic", "predicted_classes", "most_out_of_distribution"):
+        assert "data:image/png;base64," in meta[plot].value
+    assert (tmp_path / "data" / "plots" / "production_most_ood.png").exists()
+
+
+def test_production_labels_merge_incoming_images_and_feedback(world):
+    tmp_path, _, client, deployer = world
+    incoming = tmp_path / "data" / "incoming"
+    for digit, count in ((3, 2), (8, 1)):
+        (incoming / str(digit)).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(np.full((28, 28), 30 * digit, np.uint8)).save(incoming / str(digit) / f"{i}.png")
+    (incoming / "8" / "broken.png").write_bytes(b"not a png")
+    request_id = _send(client, BLACK, 1)[0]
+    client.session.post(f"{client.url}/v1/models/mnist/feedback", json={"request_id": request_id, "label": 5})
+    time.sleep(1.0)  # the log writer flushes every 0.5 s
+    store = DataStore(root=str(tmp_path / "data"))
+    result = materialize([production_labels], resources={"data_store": store, "deployer": deployer})
+    meta = result.asset_materializations_for_node("production_labels")[0].metadata
+    assert (meta["from_incoming_folder"].value, meta["from_feedback"].value) == (3, 1)
+    assert meta["skipped_files"].value == ["8/broken.png: cannot identify image file"]
+    saved = store.load_arrays("production_labels")
+    assert saved["y"].tolist() == [3, 3, 8, 5]
+    np.testing.assert_array_equal(saved["x"][3], BLACK[0])  # the production input, as it was sent

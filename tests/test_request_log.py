@@ -1,0 +1,238 @@
+"""The request log with real files: what is written reads back, files rotate and expire, crashes
+and a second server process do not corrupt anything, and a full queue drops instead of blocking."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from mnist_serving import request_log
+from mnist_serving.request_log import FeedbackLog, RequestLog, read_feedback, read_predictions
+
+FAST = {"flush_interval_s": 0.005}
+
+
+def request(n: int, ood: tuple[int, ...] = (), seed: int = 0, uint8: bool = False) -> dict[str, np.ndarray]:
+    """record()'s arrays for n images; ``ood`` lists the images flagged out-of-distribution."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    probabilities = rng.dirichlet(np.ones(10), n).astype(np.float32)
+    return {
+        "images": pixels if uint8 else pixels.astype(np.float32) / np.float32(255.0),
+        "class_ids": probabilities.argmax(axis=1).astype(np.int64),
+        "probabilities": probabilities,
+        "concept_scores": rng.random(n, dtype=np.float32),
+        "is_ood": np.isin(np.arange(n), ood),
+    }
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def prediction_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("requests-*.jsonl"))
+
+
+@pytest.mark.parametrize("uint8", [False, True])
+def test_predictions_round_trip_with_every_field_and_ood_images(tmp_path, uint8):
+    arrays = request(3, ood=(1,), uint8=uint8)
+    log = RequestLog(tmp_path / "log", sample_rate=0.0, seed=1)
+    before = time.time()
+    log.record("req-1", "7", **arrays)
+    log.close()
+
+    predictions, malformed = read_predictions(tmp_path / "log")
+    assert malformed == 0 and log.dropped == 0
+    assert [(p.request_id, p.index, p.version) for p in predictions] == [("req-1", i, "7") for i in range(3)]
+    pixels = arrays["images"] if uint8 else np.rint(arrays["images"] * 255).astype(np.uint8)
+    for i, p in enumerate(predictions):
+        assert before <= p.ts <= time.time()
+        assert p.predicted == arrays["class_ids"][i]
+        assert np.float32(p.confidence) == arrays["probabilities"][i].max()
+        assert np.float32(p.concept_score) == arrays["concept_scores"][i]
+        assert p.is_ood is (i == 1)
+    assert predictions[0].image is None and predictions[2].image is None
+    assert predictions[1].image.dtype == np.uint8
+    np.testing.assert_array_equal(predictions[1].image, pixels[1])
+
+
+@pytest.mark.parametrize(("sample_rate", "kept"), [(1.0, 4), (0.0, 0)])
+def test_sample_rate_decides_which_inputs_are_kept(tmp_path, sample_rate, kept):
+    log = RequestLog(tmp_path, sample_rate=sample_rate, seed=0)
+    log.record("req", "1", **request(4))
+    log.close()
+    predictions, _ = read_predictions(tmp_path)
+    assert sum(p.image is not None for p in predictions) == kept
+
+
+def test_knows_the_most_recent_requests_only(tmp_path):
+    log = RequestLog(tmp_path, known_ids=2)
+    for request_id, n in [("a", 1), ("b", 3), ("c", 2)]:
+        log.record(request_id, "1", **request(n))
+    assert (log.knows("a"), log.knows("b"), log.knows("c"), log.knows("never")) == (None, 3, 2, None)
+    log.close()
+
+
+def test_a_new_log_knows_the_requests_its_predecessors_wrote_reading_only_the_newest_files(tmp_path, monkeypatch):
+    for first, last in [(0, 2), (2, 6)]:  # two earlier servers, one file each
+        old = RequestLog(tmp_path)
+        for k in range(first, last):
+            old.record(f"req-{k}", "1", **request(k + 1))
+        old.close()
+    read = []
+    counts = request_log._image_counts
+    monkeypatch.setattr(request_log, "_image_counts", lambda path: read.append(path) or counts(path))
+
+    new = RequestLog(tmp_path, known_ids=3)
+    try:
+        assert [new.knows(f"req-{k}") for k in range(6)] == [None, None, None, 4, 5, 6]
+        assert read == prediction_files(tmp_path)[-1:]  # the newest file had enough ids
+    finally:
+        new.close()
+
+
+def test_files_rotate_and_only_the_newest_are_kept(tmp_path):
+    log = RequestLog(tmp_path, max_file_bytes=1, max_files=3, **FAST)  # every write fills a file
+    for k in range(8):
+        log.record(f"req-{k}", "1", **request(1))
+        wait_for(lambda k=k: f"req-{k}" in {p.request_id for p in read_predictions(tmp_path)[0]})
+        assert len(prediction_files(tmp_path)) <= 3
+    log.close()
+
+    predictions, malformed = read_predictions(tmp_path)
+    assert malformed == 0
+    assert [p.request_id for p in predictions] == ["req-5", "req-6", "req-7"]
+    assert [f.name.rsplit("-", 1)[1] for f in prediction_files(tmp_path)] == ["0005.jsonl", "0006.jsonl", "0007.jsonl"]
+
+
+def test_a_line_cut_short_by_a_crash_is_skipped_and_counted(tmp_path):
+    log = RequestLog(tmp_path, sample_rate=1.0)
+    log.record("req", "1", **request(3))
+    log.close()
+    (path,) = prediction_files(tmp_path)
+    complete = path.read_bytes().splitlines(keepends=True)
+    with path.open("ab") as out:
+        out.write(complete[0][: len(complete[0]) // 2])  # the crash hit mid-write
+
+    predictions, malformed = read_predictions(tmp_path)
+    assert [p.index for p in predictions] == [0, 1, 2] and malformed == 1
+    restarted = RequestLog(tmp_path)
+    assert restarted.knows("req") == 3
+    restarted.close()
+
+
+def test_since_and_until_select_a_half_open_time_window(tmp_path):
+    log = RequestLog(tmp_path)
+    for k in range(3):
+        log.record(f"req-{k}", "1", **request(1))
+        time.sleep(0.002)
+    log.close()
+    ts = [p.ts for p in read_predictions(tmp_path)[0]]
+    assert ts == sorted(ts) and len(set(ts)) == 3
+
+    def ids(since=None, until=None):
+        return [p.request_id for p in read_predictions(tmp_path, since=since, until=until)[0]]
+
+    assert ids(since=ts[1]) == ["req-1", "req-2"]
+    assert ids(until=ts[1]) == ["req-0"]
+    assert ids(since=ts[0], until=ts[2]) == ["req-0", "req-1"]
+
+
+@pytest.mark.parametrize("pids", [(1111, 2222), (3333, 3333)], ids=["two-pids", "same-pid-other-container"])
+def test_two_processes_write_their_own_files_into_one_directory(tmp_path, monkeypatch, pids):
+    logs = []
+    for pid in pids:
+        with monkeypatch.context() as patched:
+            patched.setattr(os, "getpid", lambda pid=pid: pid)
+            logs.append(RequestLog(tmp_path, max_file_bytes=20_000, sample_rate=0.5, seed=pid, **FAST))
+
+    def serve(log: RequestLog, version: str) -> None:
+        for k in range(150):
+            log.record(f"{version}-{k}", version, **request(2, ood=(k % 3,), seed=k))
+
+    threads = [threading.Thread(target=serve, args=(log, str(v))) for v, log in enumerate(logs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for log in logs:
+        log.close()
+
+    predictions, malformed = read_predictions(tmp_path)
+    assert malformed == 0 and len(predictions) == 2 * 150 * 2
+    versions = [
+        {orjson.loads(line)["v"] for line in path.read_bytes().splitlines()} for path in prediction_files(tmp_path)
+    ]
+    assert all(len(v) == 1 for v in versions)  # no file mixes the two writers
+    assert set.union(*versions) == {"0", "1"}
+
+
+def test_a_full_queue_drops_records_instead_of_blocking(tmp_path, monkeypatch):
+    log = RequestLog(tmp_path, queue_size=1, **FAST)
+    writing, release = threading.Event(), threading.Event()
+    append = log._append
+
+    def stuck_disk(data: bytes) -> None:
+        writing.set()
+        release.wait(5)
+        append(data)
+
+    monkeypatch.setattr(log, "_append", stuck_disk)
+    log.record("first", "1", **request(1))
+    assert writing.wait(5)  # the writer holds "first" and waits for the disk
+    start = time.perf_counter()
+    for request_id in ("queued", "dropped-1", "dropped-2"):
+        log.record(request_id, "1", **request(1))
+    assert time.perf_counter() - start < 0.1
+    assert log.dropped == 2
+    release.set()
+    log.close()
+    assert [p.request_id for p in read_predictions(tmp_path)[0]] == ["first", "queued"]
+
+
+def test_close_is_idempotent_and_later_records_count_as_dropped(tmp_path):
+    log = RequestLog(tmp_path)
+    log.close()
+    log.close()
+    log.record("late", "1", **request(1))
+    assert log.dropped == 1 and read_predictions(tmp_path) == ([], 0)
+
+
+def test_record_rejects_arrays_of_different_lengths(tmp_path):
+    log = RequestLog(tmp_path)
+    arrays = request(2)
+    arrays["is_ood"] = arrays["is_ood"][:1]
+    with pytest.raises(ValueError, match="2 images but 2 class ids"):
+        log.record("req", "1", **arrays)
+    log.close()
+
+
+def test_feedback_latest_label_wins_and_bad_lines_are_skipped(tmp_path):
+    feedback = FeedbackLog(tmp_path / "log")
+    assert read_feedback(tmp_path / "log") == {}
+    feedback.add("req-1", 0, 3)
+    feedback.add("req-1", 1, np.int64(5))
+    with (tmp_path / "log" / "feedback.jsonl").open("ab") as out:
+        out.write(b'{"id": "req-1", "i": 0, "label": "seven"}\n{"id": "req-2", "i"')
+    feedback.add("req-1", 0, 4)
+
+    threads = [threading.Thread(target=feedback.add, args=(f"many-{k}", 0, k % 10)) for k in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    labels = read_feedback(tmp_path / "log")
+    assert labels[("req-1", 0)] == 4 and labels[("req-1", 1)] == 5
+    assert len(labels) == 2 + 50 and ("req-2", 0) not in labels
