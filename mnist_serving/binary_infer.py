@@ -66,9 +66,11 @@ class BinaryInfer:
         self.path = f"/v2/models/{model.name}/infer"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         header_length = headers.get(HEADER.decode())
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path or header_length is None:
+        if header_length is None:  # a JSON request: KServe's
             return await self.app(scope, receive, send)
         chunks, more = [], True
         while more:
