@@ -78,3 +78,16 @@ def test_bad_value_fails_at_validation_naming_the_field(bad, field):
         validate_run_config(defs.resolve_job_def("mnist_training"), bad)
     message = str(error.value) + str(error.value.__cause__ or "")
     assert field in message
+
+
+def test_every_asset_has_a_group_an_owner_and_a_description_and_materialize_all_resolves():
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.group_name in {"data", "models", "delivery", "monitoring"}, key
+        assert node.owners == ["team:mlops"], key
+        assert len(node.description or "") > 40, key
+    # "Materialize all" in the UI runs the implicit asset job with every default.
+    everything = defs.resolve_implicit_global_asset_job_def()
+    assert validate_run_config(everything, {})["ops"]["mnist_classifier"]["config"]["hidden_units"] == [256, 64]
+    assert {s.name for s in defs.sensors} == {"drift_sensor", "new_data_sensor", "failure_alert"}
