@@ -14,7 +14,7 @@ MIRROR_URL := file://$(abspath $(MIRROR))
 MIRROR_ARGS := -c var/local_mirror.yaml
 endif
 
-.PHONY: install run stop status test lint bench dev clean
+.PHONY: install run stop status test lint bench dev clean k8s-manifests
 
 install: $(BIN)/.installed
 
@@ -55,6 +55,9 @@ bench: install
 
 dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1
+
+k8s-manifests: install
+	$(BIN)/python -m mnist_serving.k8s_endpoint > deploy/k8s/serving.yaml
 
 clean: stop
 	rm -rf var

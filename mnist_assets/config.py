@@ -102,6 +102,12 @@ class MonitoringConfig(Config):
     ood_grid_size: int = Field(default=40, ge=1, le=400, description="Most out-of-distribution inputs to show.")
 
 
+class KubernetesStepsConfig(Config):
+    """Only for mnist_pipeline_k8s (a pod per step)."""
+
+    training_gpus: int = Field(default=0, ge=0, le=8, description="NVIDIA GPUs requested by each training pod.")
+
+
 class PipelineConfig(Config):
     """The whole chain's parameters, in one place."""
 
@@ -114,3 +120,4 @@ class PipelineConfig(Config):
     concept_model: ConceptModelConfig = ConceptModelConfig()
     deployment_tests: DeploymentTestConfig = DeploymentTestConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    kubernetes: KubernetesStepsConfig = KubernetesStepsConfig()

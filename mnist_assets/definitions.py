@@ -2,18 +2,18 @@
 
 from dagster import Definitions
 
-from mnist_assets.jobs import ALL_ASSETS, mnist_pipeline, mnist_training, monitoring
+from mnist_assets.jobs import ALL_ASSETS, mnist_pipeline, mnist_pipeline_k8s, mnist_training, monitoring
 from mnist_assets.sensors import drift_sensor, failure_alert, new_data_sensor
-from resources import AlertWebhook, DataStore, LocalDeployer, ModelRegistry
+from resources import AlertWebhook, DataStore, ModelDeployer, ModelRegistry
 
 defs = Definitions(
     assets=ALL_ASSETS,
-    jobs=[mnist_pipeline, mnist_training, monitoring],
+    jobs=[mnist_pipeline, mnist_pipeline_k8s, mnist_training, monitoring],
     sensors=[drift_sensor, new_data_sensor, failure_alert],
     resources={
         "data_store": DataStore(),
         "registry": ModelRegistry(),
-        "deployer": LocalDeployer(),
+        "deployer": ModelDeployer(),
         "alert_webhook": AlertWebhook(),
     },
 )

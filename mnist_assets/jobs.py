@@ -1,6 +1,7 @@
 """Jobs, each configured from the one ``PipelineConfig`` (see ``run_config.yaml``)."""
 
 from dagster import AssetsDefinition, ConfigMapping, RunConfig, config_mapping, define_asset_job
+from dagster_k8s import k8s_job_executor
 
 from mnist_assets.assets import (
     deployment_test_results,
@@ -14,6 +15,7 @@ from mnist_assets.assets import (
     uploaded_model,
 )
 from mnist_assets.config import PipelineConfig
+from mnist_assets.k8s import gpu_step_config
 
 # Which section of PipelineConfig configures which asset.
 ASSET_SECTIONS = {
@@ -27,13 +29,15 @@ ASSET_SECTIONS = {
 RESOURCE_SECTIONS = {"data_store": "data_store", "registry": "registry", "deployer": "serving"}
 
 
-def pipeline_config(assets: list[AssetsDefinition]) -> ConfigMapping:
+def pipeline_config(assets: list[AssetsDefinition], pod_per_step: bool = False) -> ConfigMapping:
     """Spread the one config over a job's assets and the resources. It runs when a run is
     created, so a bad value fails before any step starts."""
 
     @config_mapping
     def spread(config: PipelineConfig) -> RunConfig:
+        gpus = gpu_step_config(config.kubernetes.training_gpus)
         return RunConfig(
+            execution={"config": {"per_step_k8s_config": gpus}} if pod_per_step else None,
             ops={
                 asset.key.to_python_identifier(): getattr(config, section)
                 for asset, section in ASSET_SECTIONS.items()
@@ -47,8 +51,14 @@ def pipeline_config(assets: list[AssetsDefinition]) -> ConfigMapping:
     return spread
 
 
-def _job(name: str, assets: list[AssetsDefinition], description: str):
-    return define_asset_job(name, selection=assets, config=pipeline_config(assets), description=description)
+def _job(name: str, assets: list[AssetsDefinition], description: str, pod_per_step: bool = False):
+    return define_asset_job(
+        name,
+        selection=assets,
+        config=pipeline_config(assets, pod_per_step),
+        description=description,
+        executor_def=k8s_job_executor if pod_per_step else None,
+    )
 
 
 TRAINING = [mnist_dataset, notmnist_dataset, production_labels, mnist_classifier, mnist_concept_model]
@@ -62,6 +72,13 @@ mnist_pipeline = _job(
     "mnist_pipeline",
     PIPELINE,
     "The whole chain: data, models, a registry version, the deployed endpoint and its tests.",
+)
+mnist_pipeline_k8s = _job(
+    "mnist_pipeline_k8s",
+    PIPELINE,
+    "mnist_pipeline with each step in its own Kubernetes pod (k8s_job_executor): the two downloads "
+    "and the two trainings run in parallel pods. Data passes through the shared data and models volumes.",
+    pod_per_step=True,
 )
 monitoring = _job(
     "production_monitoring_job", [production_monitoring], "Summarize recent production traffic from the request log."

@@ -30,7 +30,7 @@ from mnist_assets.jobs import mnist_pipeline
 from mnist_ml.datasets import MNIST_FILES, NOTMNIST_ARCHIVE
 from mnist_ml.drift import DriftState, drift_reasons, drift_step
 from mnist_serving.traffic import window_traffic
-from resources import AlertWebhook, DataStore, LocalDeployer
+from resources import AlertWebhook, DataStore, ModelDeployer
 
 DRIFT_INTERVAL_S = int(os.environ.get("MNIST_DRIFT_SENSOR_INTERVAL_S", "30"))
 NEW_DATA_INTERVAL_S = int(os.environ.get("MNIST_NEW_DATA_SENSOR_INTERVAL_S", "300"))
@@ -58,7 +58,7 @@ def drift_sensor(context: SensorEvaluationContext):
         return SkipReason("no training data yet: materialize mnist_dataset first")
     monitoring, now = config.monitoring, time.time()
     summary = window_traffic(
-        LocalDeployer(**config.serving.model_dump()).request_log_dir,
+        ModelDeployer(**config.serving.model_dump()).request_log_dir,
         training_class_counts(store),
         monitoring.window_minutes * 60,
         now,
@@ -95,7 +95,7 @@ def data_fingerprints(config: PipelineConfig, previous: dict[str, str]) -> dict[
         token = store.mirror_fingerprint(name, data.mirrors, data.timeout_s)
         found[name] = token or previous.get(name, "unreachable")
     found["incoming"] = store.incoming_fingerprint()
-    found["feedback"] = LocalDeployer(**config.serving.model_dump()).feedback_fingerprint()
+    found["feedback"] = ModelDeployer(**config.serving.model_dump()).feedback_fingerprint()
     return found
 
 

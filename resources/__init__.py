@@ -4,14 +4,14 @@ run-config file configures."""
 
 from resources.alerts import AlertWebhook
 from resources.data_store import DataStore, DataStoreSettings
-from resources.deployer import LocalDeployer, ServingSettings
+from resources.deployer import ModelDeployer, ServingSettings
 from resources.model_registry import ModelRegistry, RegistrySettings
 
 __all__ = [
     "AlertWebhook",
     "DataStore",
     "DataStoreSettings",
-    "LocalDeployer",
+    "ModelDeployer",
     "ModelRegistry",
     "RegistrySettings",
     "ServingSettings",

@@ -1,8 +1,9 @@
 """Puts a registry version behind the inference endpoint.
 
-``LocalDeployer`` (the default) runs the KServe model server as a background process on
-this machine and swaps versions without dropping requests. A Kubernetes backend
-implements the same methods: ``deploy``, ``current``, ``stop`` and ``client``."""
+``backend: local`` (the default) runs the KServe model server as a background process on
+this machine and swaps versions without dropping requests. ``backend: kubernetes`` runs
+it as a Deployment and Service in the cluster, pointed at the version on the ``models``
+volume. Both offer the same methods: ``deploy``, ``current``, ``stop`` and ``client``."""
 
 from __future__ import annotations
 
@@ -16,11 +17,16 @@ from mnist_ml.download import folder_fingerprint
 from mnist_serving.client import EndpointClient
 from mnist_serving.local_endpoint import Endpoint, LocalEndpoint
 
+Log = Callable[[str], None]
+
 
 class ServingSettings(Config):
-    host: str = Field(default="127.0.0.1", description="Address the endpoint binds (loopback by default).")
-    port: int = Field(default=8080, ge=0, le=65535, description="Endpoint port; 0 picks a free one.")
-    state_dir: str = Field(default="var/serving", description="Where the endpoint's state and server logs live.")
+    backend: str = Field(default="local", pattern="^(local|kubernetes)$", description="local or kubernetes.")
+    host: str = Field(default="127.0.0.1", description="Address the local endpoint binds (loopback by default).")
+    port: int = Field(default=8080, ge=0, le=65535, description="Endpoint port; 0 picks a free one (local only).")
+    state_dir: str = Field(
+        default="var/serving", description="Endpoint state, server logs and the request log (on the data volume)."
+    )
     startup_timeout_s: float = Field(default=120.0, gt=0, description="How long a new version may take to be ready.")
     max_batch: int = Field(default=1024, ge=1, le=100_000, description="Most images the server takes per request.")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=4096, description="Largest request body accepted.")
@@ -30,9 +36,15 @@ class ServingSettings(Config):
     )
     log_max_file_mb: float = Field(default=64.0, gt=0, description="Rotate request log files at this size.")
     log_max_files: int = Field(default=20, ge=1, description="Request log files kept; the oldest are deleted.")
+    k8s_namespace: str = Field(default="mnist", description="kubernetes: namespace of the serving Deployment.")
+    k8s_image: str = Field(default="mnist-mlops:0.1.0", description="kubernetes: the project's image.")
+    k8s_replicas: int = Field(default=1, ge=1, description="kubernetes: serving pods.")
+    k8s_kubeconfig: str = Field(
+        default="", description="kubernetes: kubeconfig file; empty means the in-cluster service account."
+    )
 
 
-class LocalDeployer(ConfigurableResource, ServingSettings):
+class ModelDeployer(ConfigurableResource, ServingSettings):
     @property
     def request_log_dir(self) -> Path:
         """Where the endpoint logs predictions and feedback (read by monitoring)."""
@@ -42,30 +54,55 @@ class LocalDeployer(ConfigurableResource, ServingSettings):
         """A token that changes when labels arrive through the feedback route."""
         return folder_fingerprint(self.request_log_dir, "feedback*")
 
-    def _endpoint(self, log: Callable[[str], None]) -> LocalEndpoint:
+    def deploy(self, version_dir: Path, version: str, log: Log = print) -> Endpoint:
+        """Serve ``version_dir``; the previous version serves until the new one is ready."""
+        return self._backend(log).deploy(version_dir, version)
+
+    def current(self, log: Log = print) -> Endpoint | None:
+        return self._backend(log).current()
+
+    def stop(self, log: Log = print) -> Endpoint | None:
+        return self._backend(log).stop()
+
+    def client(self, endpoint: Endpoint, traffic: str | None = None) -> EndpointClient:
+        """A client for the endpoint; ``traffic="test"`` keeps its requests out of the log."""
+        return EndpointClient(endpoint.url, traffic=traffic)
+
+    def _server_args(self) -> tuple[str, ...]:
         args = ["--max-batch", str(self.max_batch), "--max-body-bytes", str(self.max_body_bytes)]
         if self.request_log:
             args += ["--request-log", str(self.request_log_dir), "--input-sample-rate", str(self.input_sample_rate)]
             args += ["--log-max-file-mb", str(self.log_max_file_mb), "--log-max-files", str(self.log_max_files)]
+        return tuple(args)
+
+    def _backend(self, log: Log):  # noqa: ANN202 - LocalEndpoint or KubernetesEndpoint, same methods
+        if self.backend == "kubernetes":
+            return self._kubernetes(log)
         return LocalEndpoint(
             Path(self.state_dir).resolve(),
             self.host,
             self.port,
             startup_timeout=self.startup_timeout_s,
-            server_args=tuple(args),
+            server_args=self._server_args(),
             log=log,
         )
 
-    def deploy(self, version_dir: Path, version: str, log: Callable[[str], None] = print) -> Endpoint:
-        """Serve ``version_dir``; the previous server stops only once the new one is ready."""
-        return self._endpoint(log).deploy(version_dir, version)
+    def _kubernetes(self, log: Log):  # noqa: ANN202
+        from kubernetes import client as kube_client  # only the kubernetes backend needs these
+        from kubernetes import config as kube_config
 
-    def current(self, log: Callable[[str], None] = print) -> Endpoint | None:
-        return self._endpoint(log).current()
+        from mnist_serving.k8s_endpoint import KubernetesEndpoint, ServingSpec
 
-    def stop(self, log: Callable[[str], None] = print) -> Endpoint | None:
-        return self._endpoint(log).stop()
-
-    def client(self, endpoint: Endpoint, traffic: str | None = None) -> EndpointClient:
-        """A client for the endpoint; ``traffic="test"`` keeps its requests out of the log."""
-        return EndpointClient(endpoint.url, traffic=traffic)
+        if self.k8s_kubeconfig:
+            api = kube_config.new_client_from_config(config_file=self.k8s_kubeconfig)
+        else:
+            kube_config.load_incluster_config()
+            api = kube_client.ApiClient()
+        spec = ServingSpec(
+            namespace=self.k8s_namespace,
+            image=self.k8s_image,
+            port=self.port or 8080,
+            replicas=self.k8s_replicas,
+            server_args=self._server_args(),
+        )
+        return KubernetesEndpoint(api, spec, rollout_timeout=self.startup_timeout_s * 5, log=log)

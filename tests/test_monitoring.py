@@ -30,7 +30,7 @@ from PIL import Image
 from mnist_assets.assets import production_labels, production_monitoring
 from mnist_assets.sensors import drift_sensor, failure_alert, new_data_sensor
 from mnist_serving.client import EndpointClient
-from resources import AlertWebhook, DataStore, LocalDeployer
+from resources import AlertWebhook, DataStore, ModelDeployer
 
 GRAY = np.full((1, 28, 28), 128, np.uint8)  # the tiny autoencoder reconstructs it well
 BLACK = np.zeros((1, 28, 28), np.uint8)  # and this badly: flagged
@@ -66,7 +66,7 @@ def world(tmp_path, monkeypatch, tiny_versions):
     }
     (tmp_path / "run_config.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.setenv("MNIST_RUN_CONFIG", str(tmp_path / "run_config.yaml"))
-    deployer = LocalDeployer(**config["serving"])
+    deployer = ModelDeployer(**config["serving"])
     _, (v1, _) = tiny_versions
     endpoint = deployer.deploy(v1.path, str(v1.version))
     try:

@@ -14,7 +14,7 @@ from mnist_assets.assets import deployment_test_results, model_deployment, uploa
 from mnist_assets.definitions import defs
 from mnist_ml.registry import FileModelRepository
 from mnist_serving.local_endpoint import LocalEndpoint
-from resources import DataStore, LocalDeployer, ModelRegistry
+from resources import DataStore, ModelDeployer, ModelRegistry
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_failed_deployment_tests_roll_back_to_the_previous_version(chain):
     resources = {
         "data_store": DataStore(**config["data_store"]),
         "registry": ModelRegistry(**config["registry"]),
-        "deployer": LocalDeployer(**config["serving"]),
+        "deployer": ModelDeployer(**config["serving"]),
     }
     impossible = {**config["deployment_tests"], "min_accuracy": 1.0}
     result = materialize(
@@ -116,7 +116,7 @@ def test_a_first_version_that_fails_leaves_nothing_serving(chain, tmp_path):
         resources={
             "data_store": DataStore(**config["data_store"]),
             "registry": ModelRegistry(root=str(tmp_path / "models")),
-            "deployer": LocalDeployer(**serving),
+            "deployer": ModelDeployer(**serving),
         },
         raise_on_error=False,
     )

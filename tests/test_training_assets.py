@@ -19,7 +19,7 @@ from mnist_assets.assets import (
 )
 from mnist_ml.model_contract import read_concept_calibration
 from mnist_ml.savedmodel import LoadedModel
-from resources import DataStore, LocalDeployer
+from resources import DataStore, ModelDeployer
 
 ASSETS = [mnist_dataset, notmnist_dataset, production_labels, mnist_classifier, mnist_concept_model]
 
@@ -42,7 +42,7 @@ def trained(tmp_path_factory, real_mirrors):
     """One real run of all four assets and their checks, shared by the tests below."""
     root = tmp_path_factory.mktemp("store")
     store = DataStore(root=str(root))
-    resources = {"data_store": store, "deployer": LocalDeployer(state_dir=str(root / "serving"))}
+    resources = {"data_store": store, "deployer": ModelDeployer(state_dir=str(root / "serving"))}
     result = materialize(ASSETS, run_config=_run_config(real_mirrors), resources=resources)
     return result, store
 

@@ -15,7 +15,7 @@ from mnist_ml.idx import validate_idx
 from mnist_ml.image_folder import load_image_folder
 from mnist_ml.notmnist import LETTERS, load_notmnist, safe_extract, validate_archive
 from mnist_serving.traffic import relabelled_inputs
-from resources import DataStore, LocalDeployer
+from resources import DataStore, ModelDeployer
 
 OWNERS = ["team:mlops"]
 SAMPLES_PER_CLASS = 4
@@ -115,7 +115,7 @@ def notmnist_dataset(context: AssetExecutionContext, config: NotMnistDataConfig,
     "incoming/<digit>/ folders, and production inputs relabelled through the endpoint's feedback "
     "route (processed/production_labels.npz).",
 )
-def production_labels(context: AssetExecutionContext, data_store: DataStore, deployer: LocalDeployer):
+def production_labels(context: AssetExecutionContext, data_store: DataStore, deployer: ModelDeployer):
     dropped, dropped_labels, skipped = load_image_folder(data_store.path("incoming"), DIGITS)
     relabelled, relabelled_labels, without_input = relabelled_inputs(deployer.request_log_dir)
     if skipped:

@@ -14,7 +14,7 @@ from mnist_ml import plots
 from mnist_ml.model_contract import CLASSIFIER, CONCEPT_MODEL, INPUT_NAME, SIGNATURE
 from mnist_ml.registry import FileModelRepository, ModelVersion, RegistryError
 from mnist_serving.acceptance import run_acceptance
-from resources import DataStore, LocalDeployer, ModelRegistry
+from resources import DataStore, ModelDeployer, ModelRegistry
 
 SIGNATURES = {
     "signature": SIGNATURE,
@@ -80,7 +80,7 @@ def uploaded_model(context: AssetExecutionContext, data_store: DataStore, regist
     description="The candidate version serving at the inference endpoint (KServe model server, "
     "v1 and v2 protocols), swapped in without dropping requests, and promoted to 'production'.",
 )
-def model_deployment(context: AssetExecutionContext, registry: ModelRegistry, deployer: LocalDeployer):
+def model_deployment(context: AssetExecutionContext, registry: ModelRegistry, deployer: ModelDeployer):
     repository = registry.repository()
     candidate = repository.resolve("candidate")
     endpoint = deployer.deploy(candidate.path, str(candidate.version), log=context.log.info)
@@ -98,7 +98,7 @@ def model_deployment(context: AssetExecutionContext, registry: ModelRegistry, de
     )
 
 
-def _roll_back(repository: FileModelRepository, deployer: LocalDeployer, failed: ModelVersion, reason: str, log) -> str:
+def _roll_back(repository: FileModelRepository, deployer: ModelDeployer, failed: ModelVersion, reason: str, log) -> str:
     """Mark the version failed and bring the previous production version back; say what serves."""
     repository.mark_failed(failed.version, reason)
     try:
@@ -124,7 +124,7 @@ def deployment_test_results(
     config: DeploymentTestConfig,
     data_store: DataStore,
     registry: ModelRegistry,
-    deployer: LocalDeployer,
+    deployer: ModelDeployer,
 ):
     repository = registry.repository()
     endpoint = deployer.current(log=context.log.info)

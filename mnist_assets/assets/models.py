@@ -15,6 +15,7 @@ from mnist_assets.checks import (
     concept_checks,
 )
 from mnist_assets.config import ClassifierConfig, ConceptModelConfig
+from mnist_assets.k8s import TRAINING_POD
 from mnist_ml import plots
 from mnist_ml.datasets import DIGITS, to_unit_float
 from mnist_ml.evaluation import add_uniform_noise, confusion_matrix, ood_report, per_class_accuracy
@@ -50,6 +51,7 @@ def _record(data_store: DataStore, model_dir: str, fit, config, metrics: dict, p
     deps=[mnist_dataset, production_labels],
     check_specs=[CLASSIFIER_ACCURACY],
     kinds={"tensorflow"},
+    op_tags=TRAINING_POD,
     description="Digit classifier (dense 256-64 by default) exported as a SavedModel with the "
     "signature imgs -> class_ids, probabilities; evaluated on the MNIST test set.",
 )
@@ -94,6 +96,7 @@ def mnist_classifier(context: AssetExecutionContext, config: ClassifierConfig, d
     deps=[mnist_dataset, notmnist_dataset],
     check_specs=[CONCEPT_DETECTION, CONCEPT_FALSE_POSITIVES],
     kinds={"tensorflow"},
+    op_tags=TRAINING_POD,
     description="Concept model: an autoencoder whose reconstruction MSE scores how unlike MNIST "
     "an input is, with an out-of-distribution threshold calibrated on held-out digits.",
 )

@@ -13,7 +13,7 @@ from mnist_ml import plots
 from mnist_ml.datasets import class_counts
 from mnist_ml.drift import drift_reasons
 from mnist_serving.traffic import window_traffic
-from resources import DataStore, LocalDeployer
+from resources import DataStore, ModelDeployer
 
 
 def training_class_counts(data_store: DataStore) -> list[int]:
@@ -30,7 +30,7 @@ def training_class_counts(data_store: DataStore) -> list[int]:
     "labels were fed back, and the most out-of-distribution inputs.",
 )
 def production_monitoring(
-    context: AssetExecutionContext, config: MonitoringConfig, data_store: DataStore, deployer: LocalDeployer
+    context: AssetExecutionContext, config: MonitoringConfig, data_store: DataStore, deployer: ModelDeployer
 ):
     training = training_class_counts(data_store)
     traffic = window_traffic(

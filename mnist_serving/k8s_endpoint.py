@@ -1,0 +1,225 @@
+"""Run the endpoint on Kubernetes: a Deployment of the model server and a Service, pointed
+at a registry version on the ``models`` volume. Same methods as ``LocalEndpoint``.
+
+A redeploy patches the Deployment's model folder; Kubernetes rolls new pods out (one extra
+pod at a time, none taken away before its successor is ready) and the Service only sends
+traffic to ready pods. ``python -m mnist_serving.k8s_endpoint`` prints the manifests shipped
+in deploy/k8s/serving.yaml."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from mnist_serving.local_endpoint import DeployError, Endpoint
+
+Log = Callable[[str], None]
+VERSION_ANNOTATION = "mnist-mlops/model-version"
+RESTRICTED = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """What the serving pods look like; the defaults match deploy/k8s."""
+
+    namespace: str = "mnist"
+    name: str = "mnist-serving"
+    image: str = "mnist-mlops:0.1.0"
+    port: int = 8080
+    replicas: int = 1
+    models_claim: str = "models"
+    data_claim: str = "data"
+    cpu: str = "1"
+    memory: str = "1Gi"
+    server_args: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.name}.{self.namespace}.svc.cluster.local:{self.port}"
+
+
+def deployment(spec: ServingSpec, model_dir: str, version: str) -> dict:
+    """The serving Deployment for one registry version (a path on the models volume)."""
+    labels = {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/part-of": "mnist-mlops"}
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3}
+    command = ["python", "-m", "mnist_serving", "--model-dir", model_dir, "--host", "0.0.0.0", "--port", str(spec.port)]
+    command += list(spec.server_args)
+    container = {
+        "name": "server",
+        "image": spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
+        "ports": [{"name": "http", "containerPort": spec.port}],
+        "readinessProbe": probe,
+        "livenessProbe": {**probe, "httpGet": {"path": "/v2/health/live", "port": "http"}, "initialDelaySeconds": 30},
+        "startupProbe": {**probe, "failureThreshold": 60},
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},  # let the Service drop the pod first
+        "resources": {"requests": {"cpu": spec.cpu, "memory": spec.memory}, "limits": {"memory": spec.memory}},
+        "securityContext": RESTRICTED,
+        "volumeMounts": [
+            {"name": "models", "mountPath": "/models", "readOnly": True},
+            {"name": "data", "mountPath": "/data"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    pod_security = {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "fsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": spec.name,
+            "namespace": spec.namespace,
+            "labels": labels,
+            "annotations": {VERSION_ANNOTATION: version},
+        },
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": spec.name}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {VERSION_ANNOTATION: version}},
+                "spec": {
+                    "automountServiceAccountToken": False,  # the server never calls the API
+                    "securityContext": pod_security,
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "models", "persistentVolumeClaim": {"claimName": spec.models_claim, "readOnly": True}},
+                        {"name": "data", "persistentVolumeClaim": {"claimName": spec.data_claim}},
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def service(spec: ServingSpec) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": {"app.kubernetes.io/name": spec.name}},
+        "spec": {
+            "selector": {"app.kubernetes.io/name": spec.name},
+            "ports": [{"name": "http", "port": spec.port, "targetPort": "http"}],
+        },
+    }
+
+
+class KubernetesEndpoint:
+    """The endpoint as a Deployment and Service, managed through the Kubernetes API."""
+
+    def __init__(
+        self, api: client.ApiClient, spec: ServingSpec, *, rollout_timeout: float = 600.0, log: Log = print
+    ) -> None:
+        self.apps, self.core = client.AppsV1Api(api), client.CoreV1Api(api)
+        self.spec, self.rollout_timeout, self.log = spec, rollout_timeout, log
+
+    def current(self) -> Endpoint | None:
+        try:
+            found = self.apps.read_namespaced_deployment(self.spec.name, self.spec.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        container = found.spec.template.spec.containers[0]
+        model_dir = container.command[container.command.index("--model-dir") + 1]
+        version = (found.metadata.annotations or {}).get(VERSION_ANNOTATION, PurePosixPath(model_dir).name)
+        return self._endpoint(model_dir, version, found.metadata.creation_timestamp)
+
+    def deploy(self, model_dir: str, version: str) -> Endpoint:
+        """Create or patch the Deployment and Service, then wait for the rollout."""
+        body = deployment(self.spec, str(model_dir), str(version))
+        ns = self.spec.namespace
+        if self.current() is None:
+            self.apps.create_namespaced_deployment(ns, body)
+        else:
+            self.apps.patch_namespaced_deployment(self.spec.name, ns, body)
+        try:
+            self.core.read_namespaced_service(self.spec.name, ns)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self.core.create_namespaced_service(ns, service(self.spec))
+        self.log(f"rolling out version {version} to deployment/{self.spec.name} in namespace {ns}")
+        self._wait_for_rollout(str(version))
+        return self._endpoint(str(model_dir), str(version), None)
+
+    def stop(self) -> Endpoint | None:
+        endpoint = self.current()
+        if endpoint is not None:
+            self.apps.delete_namespaced_deployment(self.spec.name, self.spec.namespace)
+            self.core.delete_namespaced_service(self.spec.name, self.spec.namespace)
+            self.log(f"deleted deployment/{self.spec.name} and its service (version {endpoint.version})")
+        return endpoint
+
+    def _wait_for_rollout(self, version: str) -> None:
+        """As ``kubectl rollout status``: the new generation observed, every replica updated
+        and available. On timeout the old pods keep serving (maxUnavailable is 0)."""
+        deadline = time.monotonic() + self.rollout_timeout
+        while time.monotonic() < deadline:
+            found = self.apps.read_namespaced_deployment_status(self.spec.name, self.spec.namespace)
+            status, wanted = found.status, found.spec.replicas
+            if (
+                (status.observed_generation or 0) >= (found.metadata.generation or 0)
+                and (status.updated_replicas or 0) == wanted
+                and (status.available_replicas or 0) == wanted
+                and not status.unavailable_replicas
+            ):
+                self.log(f"version {version}: {wanted} replica(s) updated and available")
+                return
+            time.sleep(1)
+        raise DeployError(
+            f"version {version} did not roll out in {self.rollout_timeout:.0f}s; the previous pods keep serving. "
+            f"See: kubectl -n {self.spec.namespace} rollout status deployment/{self.spec.name}"
+        )
+
+    def _endpoint(self, model_dir: str, version: str, started: datetime | None) -> Endpoint:
+        return Endpoint(
+            url=self.spec.url,
+            host=f"{self.spec.name}.{self.spec.namespace}.svc.cluster.local",
+            port=self.spec.port,
+            pid=0,  # not a local process
+            version=version,
+            model_dir=model_dir,
+            handoff_socket="",
+            log_file=f"kubectl -n {self.spec.namespace} logs deployment/{self.spec.name}",
+            started_at=(started or datetime.now(UTC)).isoformat(timespec="seconds"),
+        )
+
+
+SHIPPED = ServingSpec(server_args=("--request-log", "/data/serving/requests"))
+
+
+def render(spec: ServingSpec = SHIPPED, model_dir: str = "/models/mnist/1", version: str = "1") -> str:
+    """The Deployment and Service as YAML, for deploy/k8s/serving.yaml."""
+    import yaml
+
+    header = "# Generated by `python -m mnist_serving.k8s_endpoint`; the deployer patches the model folder.\n"
+
+    class Plain(yaml.SafeDumper):  # no &anchors: kubectl users read this file
+        def ignore_aliases(self, data: object) -> bool:
+            return True
+
+    objects = [deployment(spec, model_dir, version), service(spec)]
+    return header + yaml.dump_all(objects, Dumper=Plain, sort_keys=False)
+
+
+if __name__ == "__main__":
+    print(render(), end="")
