@@ -24,6 +24,7 @@ from report import publish, table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+from quick_config import DRIFT_ON_OOD, quick_run_config  # noqa: E402
 from stack import DagsterStack  # noqa: E402
 
 from mnist_serving.client import EndpointClient  # noqa: E402
@@ -40,17 +41,8 @@ def main() -> None:
     url = args.mirror.resolve().as_uri()
     with tempfile.TemporaryDirectory(prefix="bench-drift-") as tmp:
         work = Path(tmp)
-        config = {
-            "data_store": {"root": str(work / "data")},
-            "registry": {"root": str(work / "models")},
-            "serving": {"port": 0, "state_dir": str(work / "serving")},
-            "mnist": {"mirrors": [f"{url}/mnist/"]},
-            "notmnist": {"mirrors": [f"{url}/notmnist/"]},
-            "classifier": {"epochs": 1, "min_test_accuracy": 0.9},
-            "concept_model": {"epochs": 1, "min_detection_rate": 0.5, "max_false_positive_rate": 0.05},
-            "deployment_tests": {"min_accuracy": 0.9, "min_notmnist_flag_rate": 0.5, "min_noisy_flag_rate": 0.5},
-            "monitoring": {"window_minutes": 30, "min_images": 100, "max_ood_rate": 0.3, "cooldown_minutes": 0},
-        }
+        config = quick_run_config(work, [f"{url}/mnist/"], [f"{url}/notmnist/"])
+        config["monitoring"] = DRIFT_ON_OOD
         (work / "run_config.yaml").write_text(yaml.safe_dump(config))
         env = {
             "MNIST_RUN_CONFIG": str(work / "run_config.yaml"),

@@ -9,6 +9,7 @@ import json
 import pytest
 import requests
 from dagster import DagsterInstance, materialize
+from quick_config import quick_run_config
 
 from mnist_assets.assets import deployment_test_results, model_deployment, uploaded_model
 from mnist_assets.definitions import defs
@@ -21,22 +22,7 @@ from resources import DataStore, ModelDeployer, ModelRegistry
 def chain(tmp_path_factory, real_mirrors):
     """Two runs of mnist_pipeline in one Dagster instance; the endpoint is stopped afterwards."""
     root = tmp_path_factory.mktemp("chain")
-    config = {
-        "data_store": {"root": str(root / "data")},
-        "registry": {"root": str(root / "models")},
-        "serving": {"port": 0, "state_dir": str(root / "serving")},
-        "mnist": {"mirrors": real_mirrors["mnist"]},
-        "notmnist": {"mirrors": real_mirrors["notmnist"]},
-        "classifier": {"epochs": 1, "min_test_accuracy": 0.9},
-        "concept_model": {"epochs": 1, "min_detection_rate": 0.5, "max_false_positive_rate": 0.05},
-        "deployment_tests": {
-            "min_accuracy": 0.9,
-            "min_notmnist_flag_rate": 0.5,
-            "min_noisy_flag_rate": 0.5,
-            "max_clean_flag_rate": 0.05,
-            "latency_requests": 50,
-        },
-    }
+    config = quick_run_config(root, real_mirrors["mnist"], real_mirrors["notmnist"])
     job = defs.resolve_job_def("mnist_pipeline")
     instance = DagsterInstance.ephemeral()
     try:

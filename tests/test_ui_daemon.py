@@ -10,6 +10,7 @@ import time
 
 import pytest
 import yaml
+from quick_config import DRIFT_ON_OOD, quick_run_config
 from stack import DagsterStack
 
 from mnist_serving.client import EndpointClient
@@ -19,23 +20,8 @@ from resources import DataStore
 
 @pytest.fixture
 def stack(tmp_path, real_mirrors):
-    config = {
-        "data_store": {"root": str(tmp_path / "data")},
-        "registry": {"root": str(tmp_path / "models")},
-        "serving": {"port": 0, "state_dir": str(tmp_path / "serving")},
-        "mnist": {"mirrors": real_mirrors["mnist"]},
-        "notmnist": {"mirrors": real_mirrors["notmnist"]},
-        "classifier": {"epochs": 1, "min_test_accuracy": 0.9},
-        "concept_model": {"epochs": 1, "min_detection_rate": 0.5, "max_false_positive_rate": 0.05},
-        "deployment_tests": {
-            "min_accuracy": 0.9,
-            "min_notmnist_flag_rate": 0.5,
-            "min_noisy_flag_rate": 0.5,
-            "max_clean_flag_rate": 0.05,
-            "latency_requests": 20,
-        },
-        "monitoring": {"window_minutes": 30, "min_images": 100, "max_ood_rate": 0.3, "cooldown_minutes": 0},
-    }
+    config = quick_run_config(tmp_path, real_mirrors["mnist"], real_mirrors["notmnist"])
+    config["monitoring"] = DRIFT_ON_OOD
     (tmp_path / "run_config.yaml").write_text(yaml.safe_dump(config))
     env = {
         "MNIST_RUN_CONFIG": str(tmp_path / "run_config.yaml"),
