@@ -3,7 +3,7 @@ ships, and how users drop newly labelled digits into the data store's ``incoming
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +26,30 @@ def decode_image(path: Path) -> np.ndarray | str:
         return f"cannot decode: {exc}"
 
 
+def decode_labelled(
+    labelled: Sequence[tuple[int, Path]],
+    display: Callable[[Path], str],
+    log: Callable[[str], None] | None = None,
+    progress_every: int = 2000,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decode (label, path) pairs: (uint8 [N, 28, 28] images, int64 labels, skipped
+    "<display(path)>: reason"), logging progress every ``progress_every`` files."""
+    images, labels, skipped = [], [], []
+    for done, (label, path) in enumerate(labelled, start=1):
+        pixels = decode_image(path)
+        if isinstance(pixels, str):
+            skipped.append(f"{display(path)}: {pixels}")
+        else:
+            images.append(pixels)
+            labels.append(label)
+        if log and done % progress_every == 0:
+            log(f"decoded {done}/{len(labelled)} images ({len(skipped)} skipped)")
+    stacked = np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)
+    return stacked, np.array(labels, dtype=np.int64), skipped
+
+
 def load_image_folder(root: Path, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(uint8 [N, 28, 28] images, int64 labels, skipped "path: reason") from ``root/<class>/*.png``.
     A missing root or class folder simply contributes nothing."""
-    images, labels, skipped = [], [], []
-    for label, name in enumerate(classes):
-        for path in sorted((root / name).glob("*.png")):
-            pixels = decode_image(path)
-            if isinstance(pixels, str):
-                skipped.append(f"{path.relative_to(root)}: {pixels}")
-            else:
-                images.append(pixels)
-                labels.append(label)
-    stacked = np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)
-    return stacked, np.array(labels, dtype=np.int64), skipped
+    labelled = [(label, path) for label, name in enumerate(classes) for path in sorted((root / name).glob("*.png"))]
+    return decode_labelled(labelled, lambda path: str(path.relative_to(root)))

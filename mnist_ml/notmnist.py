@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from mnist_ml.image_folder import decode_image
+from mnist_ml.image_folder import decode_labelled
 
 LETTERS = "ABCDEFGHIJ"
 ARCHIVE_DIR = "notMNIST_small"
@@ -174,24 +174,12 @@ def load_notmnist(root: Path, *, log: Callable[[str], None] = print) -> NotMnist
     than failing the run, because the public archive ships a few broken files.
     """
     labelled = _labelled_files(root, log)
-    images: list[np.ndarray] = []
-    labels: list[int] = []
-    skipped: list[str] = []
-    for done, (label, path) in enumerate(labelled, start=1):
-        pixels = decode_image(path)
-        if isinstance(pixels, str):
-            skipped.append(f"{_display(path)}: {pixels}")
-        else:
-            images.append(pixels)
-            labels.append(label)
-        if done % PROGRESS_EVERY == 0:
-            log(f"decoded {done}/{len(labelled)} images ({len(skipped)} skipped)")
-    if not images:
+    images, label_array, skipped = decode_labelled(labelled, _display, log, PROGRESS_EVERY)
+    if not len(images):
         raise ArchiveFormatError(f"{root}: none of the {len(labelled)} images is usable, e.g. {skipped[0]}")
-    label_array = np.array(labels, dtype=np.int64)
     per_class = {letter: int(np.count_nonzero(label_array == i)) for i, letter in enumerate(LETTERS)}
     log(f"loaded {len(images)} images, skipped {len(skipped)}; per class {per_class}")
-    return NotMnist(np.stack(images), label_array, skipped, per_class)
+    return NotMnist(images, label_array, skipped, per_class)
 
 
 def _labelled_files(root: Path, log: Callable[[str], None]) -> list[tuple[int, Path]]:
