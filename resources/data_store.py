@@ -75,12 +75,13 @@ class DataStore(ConfigurableResource, DataStoreSettings):
         os.replace(f.name, target)
         return target
 
-    def load_arrays(self, name: str) -> dict[str, np.ndarray]:
+    def load_arrays(self, name: str, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The arrays of ``processed/<name>.npz``; with ``keys``, only those are decompressed."""
         path = self.path("processed", f"{name}.npz")
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: materialize the asset that writes {name!r} first")
         with np.load(path) as data:
-            return {key: data[key] for key in data.files}
+            return {key: data[key] for key in (keys or data.files)}
 
     def write_bytes(self, relative: str, data: bytes) -> Path:
         target = self.path(relative)
