@@ -1,5 +1,6 @@
-"""How each step's pod is sized on Kubernetes (read by ``k8s_job_executor``; other
-executors ignore these tags). Training gets more CPU and memory; GPUs come from config."""
+"""How each step's pod is sized, and as whom it runs, on Kubernetes (read by
+``k8s_job_executor``; other executors ignore these tags). Training gets more CPU and memory;
+GPUs come from config."""
 
 TRAINING_POD = {
     "dagster-k8s/config": {
@@ -8,11 +9,16 @@ TRAINING_POD = {
         }
     }
 }
-LIGHT_POD = {
+# The delivery steps (model_deployment, deployment_test_results: deploy, test, roll back) run
+# as mnist-deployer, the only service account allowed to change the serving Deployment,
+# Service and PodDisruptionBudget (deploy/k8s/rbac.yaml). Every other pod runs as mnist-dagster.
+DEPLOYER_SERVICE_ACCOUNT = "mnist-deployer"
+DELIVERY_POD = {
     "dagster-k8s/config": {
         "container_config": {
             "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "3Gi"}},
-        }
+        },
+        "pod_spec_config": {"service_account_name": DEPLOYER_SERVICE_ACCOUNT},
     }
 }
 TRAINING_STEPS = ("mnist_classifier", "mnist_concept_model")

@@ -26,7 +26,7 @@ from dagster import (
 
 from mnist_assets.assets.monitoring import training_class_counts
 from mnist_assets.config import PipelineConfig
-from mnist_assets.jobs import mnist_pipeline
+from mnist_assets.jobs import mnist_pipeline, mnist_pipeline_k8s
 from mnist_ml.datasets import MNIST_FILES, NOTMNIST_ARCHIVE
 from mnist_ml.drift import DriftState, drift_reasons, drift_step
 from mnist_serving.traffic import window_traffic
@@ -43,8 +43,15 @@ def load_run_config() -> tuple[dict, PipelineConfig]:
     return raw, PipelineConfig.model_validate(raw)
 
 
+def retraining_job(config: PipelineConfig) -> str:
+    """The job a retraining run uses. On Kubernetes it is mnist_pipeline_k8s, a pod per step,
+    so that only the delivery steps run as the service account allowed to deploy
+    (deploy/k8s/rbac.yaml); mnist_pipeline would deploy from the run pod, which may not."""
+    return mnist_pipeline_k8s.name if config.serving.backend == "kubernetes" else mnist_pipeline.name
+
+
 @sensor(
-    job=mnist_pipeline,
+    jobs=[mnist_pipeline, mnist_pipeline_k8s],
     minimum_interval_seconds=DRIFT_INTERVAL_S,
     default_status=DefaultSensorStatus.RUNNING,
     description="Requests one retraining run per drift episode when, over the monitoring window, the "
@@ -73,6 +80,7 @@ def drift_sensor(context: SensorEvaluationContext):
         return SkipReason(f"{action}: {numbers}")
     context.log.info(f"drift ({'; '.join(reasons)}): requesting a retraining run")
     return RunRequest(
+        job_name=retraining_job(config),
         run_key=f"drift-{state.episode:.0f}",
         run_config=raw,
         tags={
@@ -100,7 +108,7 @@ def data_fingerprints(config: PipelineConfig, previous: dict[str, str]) -> dict[
 
 
 @sensor(
-    job=mnist_pipeline,
+    jobs=[mnist_pipeline, mnist_pipeline_k8s],
     minimum_interval_seconds=NEW_DATA_INTERVAL_S,
     default_status=DefaultSensorStatus.RUNNING,
     description="Reruns the datasets and everything downstream when a mirror's files change, labelled "
@@ -118,6 +126,7 @@ def new_data_sensor(context: SensorEvaluationContext):
         return SkipReason("no change in the mirrors, incoming/ or the feedback log")
     digest = hashlib.sha256(json.dumps(current, sort_keys=True).encode()).hexdigest()[:16]
     return RunRequest(
+        job_name=retraining_job(config),
         run_key=f"new-data-{digest}",
         run_config=raw,
         tags={"mnist/trigger": "new-data", "mnist/changed": ", ".join(changed)},

@@ -38,7 +38,7 @@ class ServingSettings(Config):
     log_max_files: int = Field(default=20, ge=1, description="Request log files kept; the oldest are deleted.")
     k8s_namespace: str = Field(default="mnist", description="kubernetes: namespace of the serving Deployment.")
     k8s_image: str = Field(default="mnist-mlops:0.1.0", description="kubernetes: the project's image.")
-    k8s_replicas: int = Field(default=1, ge=1, description="kubernetes: serving pods.")
+    k8s_replicas: int = Field(default=2, ge=1, description="kubernetes: serving pods (the PDB keeps one up).")
     k8s_kubeconfig: str = Field(
         default="", description="kubernetes: kubeconfig file; empty means the in-cluster service account."
     )

@@ -7,37 +7,40 @@ test_k8s_serving.py and test_k8s_run_launcher.py for the API conversations."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 from dagster import validate_run_config
-from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster_k8s.container_context import K8sContainerContext
+from dagster_k8s.job import construct_dagster_k8s_job, get_user_defined_k8s_config
 from k8s_schema import schema_errors
 from kubernetes.client import ApiClient
+from pod_security import restricted_violations
+from test_k8s_manifests import kubeconfig, launcher_from_config, list_problems, load_dagster_yaml, security_problems
 
 from mnist_assets.definitions import defs
-from mnist_assets.k8s import LIGHT_POD, TRAINING_POD
-from mnist_serving.k8s_endpoint import SHIPPED, deployment, render, service
+from mnist_assets.k8s import DELIVERY_POD, TRAINING_POD
+from mnist_serving.k8s_endpoint import SHIPPED, deployment, pod_disruption_budget, render, service
 
 ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["kubeconfig"]  # a fixture
 
 
-def _step_job(step: str, tags: dict) -> dict:
-    config = DagsterK8sJobConfig(
-        job_image="mnist-mlops:0.1.0",
-        dagster_home="/opt/dagster/home",
-        image_pull_policy="IfNotPresent",
-        service_account_name="mnist-dagster",
-        instance_config_map="dagster-instance",
-        volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
-        volume_mounts=[{"name": "data", "mountPath": "/data"}],
-    )
+def _step_job(step: str, tags: dict, kubeconfig: str) -> dict:
+    """The Job k8s_job_executor launches for one step, built as K8sStepHandler does it: the
+    run's container context from the launcher in deploy/dagster.yaml, merged with the op tags."""
+    launcher = launcher_from_config(load_dagster_yaml()["run_launcher"]["config"], kubeconfig)
+    run = DagsterRun(job_name="mnist_pipeline_k8s", run_id="0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9")
+    context = K8sContainerContext.create_for_run(run, launcher, include_run_tags=False)
+    context = context.merge(K8sContainerContext(run_k8s_config=get_user_defined_k8s_config(tags)))
     job = construct_dagster_k8s_job(
-        config,
+        context.get_k8s_job_config(None, launcher),
         args=["dagster", "api", "execute_step", "{}"],
         job_name=f"dagster-step-{step.replace('_', '-')}",
-        user_defined_k8s_config=UserDefinedDagsterK8sConfig.from_dict(tags["dagster-k8s/config"]),
+        user_defined_k8s_config=context.run_k8s_config,
         component="step_worker",
     )
     return ApiClient().sanitize_for_serialization(job)
@@ -50,26 +53,60 @@ def test_shipped_serving_manifest_is_what_the_deployer_applies():
 
 
 def test_serving_objects_validate_and_are_locked_down():
-    objects = [deployment(SHIPPED, "/models/mnist/7", "7"), service(SHIPPED)]
+    objects = [deployment(SHIPPED, "/models/mnist/7", "7"), service(SHIPPED), pod_disruption_budget(SHIPPED)]
     assert sum((schema_errors(o) for o in objects), []) == []
     pod = objects[0]["spec"]["template"]["spec"]
+    assert security_problems(pod, "serving") + list_problems(pod, "serving") == []
     (container,) = pod["containers"]
-    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 10001
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert pod["serviceAccountName"] == "mnist-serving" and pod["automountServiceAccountToken"] is False
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/mnist/ready"
+    assert container["startupProbe"]["httpGet"]["path"] == "/v2/models/mnist/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert container["resources"]["limits"]["memory"]
+    assert container["resources"]["limits"]["memory"] == container["resources"]["requests"]["memory"] == "1536Mi"
     assert container["command"][container["command"].index("--model-dir") + 1] == "/models/mnist/7"
     assert objects[0]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert objects[0]["spec"]["replicas"] == 2
+    (spread,) = pod["topologySpreadConstraints"]
+    assert (spread["maxSkew"], spread["whenUnsatisfiable"]) == (1, "ScheduleAnyway")
+    assert spread["labelSelector"]["matchLabels"] == objects[0]["spec"]["selector"]["matchLabels"]
+    assert objects[2]["spec"] == {"minAvailable": 1, "selector": objects[0]["spec"]["selector"]}
+    # Mounted: every model read-only; of the data claim, only the request log's folder; /tmp.
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert set(mounts) == {"/models", "/tmp", "/data/serving/requests"}
+    assert mounts["/models"]["readOnly"] is True
+    assert mounts["/data/serving/requests"]["subPath"] == "serving/requests"
+    claims = {v["name"]: v.get("persistentVolumeClaim") for v in pod["volumes"]}
+    assert claims["models"] == {"claimName": "models", "readOnly": True}
+    assert claims[mounts["/data/serving/requests"]["name"]] == {"claimName": "data"}
 
 
-@pytest.mark.parametrize(("step", "tags"), [("mnist_classifier", TRAINING_POD), ("mnist_dataset", LIGHT_POD)])
-def test_step_jobs_built_by_dagster_k8s_validate(step, tags):
-    job = _step_job(step, tags)
+def test_serving_pod_without_request_log_mounts_no_data():
+    from mnist_serving.k8s_endpoint import ServingSpec
+
+    pod = deployment(ServingSpec(), "/models/mnist/7", "7")["spec"]["template"]["spec"]
+    assert {v["name"] for v in pod["volumes"]} == {"models", "tmp"}
+
+
+@pytest.mark.parametrize(
+    ("step", "tags", "account"),
+    [("mnist_classifier", TRAINING_POD, "mnist-dagster"), ("model_deployment", DELIVERY_POD, "mnist-deployer")],
+)
+def test_step_jobs_built_by_dagster_k8s_validate_and_run_restricted(step, tags, account, kubeconfig):
+    (node,) = [n for n in defs.resolve_job_def("mnist_pipeline_k8s").nodes if n.name == step]
+    step_tags = node.definition.tags  # as the executor gets them: the op's tags, serialized
+    assert (
+        get_user_defined_k8s_config(step_tags).to_dict()
+        == get_user_defined_k8s_config({"dagster-k8s/config": json.dumps(tags["dagster-k8s/config"])}).to_dict()
+    )
+    job = _step_job(step, step_tags, kubeconfig)
     assert schema_errors(job) == []
-    (container,) = job["spec"]["template"]["spec"]["containers"]
+    pod = job["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    assert security_problems(pod, step) == []
+    (container,) = pod["containers"]
     assert container["resources"] == tags["dagster-k8s/config"]["container_config"]["resources"]
+    assert pod["serviceAccountName"] == account
+    assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "step_worker"
 
 
 def test_k8s_job_runs_every_step_in_its_own_pod_with_gpus_from_config():

@@ -36,6 +36,7 @@ from pathlib import Path
 import pytest
 import yaml
 from k8s_schema import schema_errors
+from pod_security import restricted_violations
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -54,8 +55,8 @@ POD_SECURITY_CONTEXT = {
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 
-# The Role, exactly: (apiGroup, resource, verb).
-EXPECTED_RULES = {
+# Each Role, exactly: (apiGroup, resource, verb).
+LAUNCHER_RULES = {
     ("batch", "jobs", "create"),
     ("batch", "jobs", "delete"),
     ("batch", "jobs", "list"),
@@ -65,6 +66,8 @@ EXPECTED_RULES = {
     ("", "pods", "delete"),
     ("", "pods/log", "get"),
     ("", "events", "list"),
+}
+DEPLOYER_RULES = {
     ("apps", "deployments", "get"),
     ("apps", "deployments", "create"),
     ("apps", "deployments", "patch"),
@@ -73,7 +76,12 @@ EXPECTED_RULES = {
     ("", "services", "get"),
     ("", "services", "create"),
     ("", "services", "delete"),
+    ("policy", "poddisruptionbudgets", "get"),
+    ("policy", "poddisruptionbudgets", "create"),
+    ("policy", "poddisruptionbudgets", "delete"),
 }
+EXPECTED_ROLES = {SERVICE_ACCOUNT: LAUNCHER_RULES, "mnist-deployer": DEPLOYER_RULES}
+SERVING_SERVICE_ACCOUNT = "mnist-serving"
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -111,9 +119,9 @@ def list_problems(pod_spec: dict, where: str) -> list[str]:
 
 
 def security_problems(pod_spec: dict, where: str) -> list[str]:
-    """Non-root (uid/gid 10001), RuntimeDefault seccomp, and per container: no privilege
-    escalation, read-only root filesystem, every capability dropped."""
-    problems = []
+    """The Pod Security Standards "restricted" profile, and ours on top: uid/gid 10001,
+    RuntimeDefault seccomp, and per container a read-only root filesystem, no added capabilities."""
+    problems = [f"{where}: {violation}" for violation in restricted_violations(pod_spec)]
     pod_context = pod_spec.get("securityContext") or {}
     for key, wanted in POD_SECURITY_CONTEXT.items():
         if pod_context.get(key) != wanted:
@@ -225,10 +233,10 @@ def launcher_from_config(config: dict, kubeconfig: str):
     return K8sRunLauncher(**{**result.value, "load_incluster_config": False, "kubeconfig_file": kubeconfig})
 
 
-def launched_run_job(launcher, code_location_context: dict | None = None, image: str | None = None):
+def launched_run_job(launcher, image: str | None = None):
     """The run worker Job the launcher would create, built as K8sRunLauncher._launch_k8s_job_with_args
-    builds it, as a camelCase dict; and its container context. ``code_location_context`` is the
-    container context a code server reports (the Helm chart's includeConfigInLaunchedRuns)."""
+    builds it, as a camelCase dict; and its container context. ``image`` is the one the code
+    server reports (the Helm chart's user deployment)."""
     from dagster._core.storage.dagster_run import DagsterRun
     from dagster_k8s.container_context import K8sContainerContext
     from dagster_k8s.job import construct_dagster_k8s_job
@@ -236,8 +244,6 @@ def launched_run_job(launcher, code_location_context: dict | None = None, image:
 
     run = DagsterRun(job_name="mnist_pipeline", run_id="0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9")
     context = K8sContainerContext.create_for_run(run, launcher, include_run_tags=False)
-    if code_location_context:
-        context = context.merge(K8sContainerContext.create_from_config(code_location_context))
     job = construct_dagster_k8s_job(
         job_config=context.get_k8s_job_config(job_image=image, run_launcher=launcher),
         args=["dagster", "api", "execute_run", "{}"],
@@ -344,8 +350,9 @@ def test_inference_service_serves_a_registry_version_read_only():
 # ---- RBAC ---------------------------------------------------------------------------------------
 
 
-def rbac_objects() -> dict[str, dict]:
-    return {obj["kind"]: obj for name, obj in k8s_documents() if name == "rbac.yaml"}
+def rbac_objects() -> dict[tuple[str, str], dict]:
+    """(kind, name): object, for deploy/k8s/rbac.yaml."""
+    return {(obj["kind"], obj["metadata"]["name"]): obj for name, obj in k8s_documents() if name == "rbac.yaml"}
 
 
 def granted(role: dict) -> set[tuple[str, str, str]]:
@@ -358,21 +365,25 @@ def granted(role: dict) -> set[tuple[str, str, str]]:
     }
 
 
-def test_role_grants_exactly_the_listed_rules_and_no_wildcards():
+def test_roles_grant_exactly_the_listed_rules_and_no_wildcards():
     objects = rbac_objects()
-    assert set(objects) == {"ServiceAccount", "Role", "RoleBinding"}
-    role = objects["Role"]
-    assert role["metadata"]["name"] == SERVICE_ACCOUNT
-    for rule in role["rules"]:
-        assert set(rule) <= {"apiGroups", "resources", "verbs"}, f"unexpected fields (resourceNames?) in {rule}"
-        for field in ("apiGroups", "resources", "verbs"):
-            assert not any("*" in value for value in rule[field]), f"wildcard in {rule}"
-    assert granted(role) == EXPECTED_RULES
-    assert objects["ServiceAccount"]["metadata"]["name"] == SERVICE_ACCOUNT
-    assert objects["ServiceAccount"]["automountServiceAccountToken"] is True
-    binding = objects["RoleBinding"]
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SERVICE_ACCOUNT}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}]
+    accounts = {SERVICE_ACCOUNT, "mnist-deployer", SERVING_SERVICE_ACCOUNT}
+    assert {name for kind, name in objects if kind == "ServiceAccount"} == accounts
+    assert {name for kind, name in objects if kind == "Role"} == set(EXPECTED_ROLES)
+    assert {name for kind, name in objects if kind == "RoleBinding"} == set(EXPECTED_ROLES)
+    for name, rules in EXPECTED_ROLES.items():
+        role = objects[("Role", name)]
+        for rule in role["rules"]:
+            assert set(rule) <= {"apiGroups", "resources", "verbs"}, f"unexpected fields (resourceNames?) in {rule}"
+            for field in ("apiGroups", "resources", "verbs"):
+                assert not any("*" in value for value in rule[field]), f"wildcard in {rule}"
+        assert granted(role) == rules, name
+        assert objects[("ServiceAccount", name)]["automountServiceAccountToken"] is True
+        binding = objects[("RoleBinding", name)]
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}]
+    # The serving pods' account: bound to nothing, no token.
+    assert objects[("ServiceAccount", SERVING_SERVICE_ACCOUNT)]["automountServiceAccountToken"] is False
 
 
 _VERBS = {"read": "get", "list": "list", "create": "create", "delete": "delete", "patch": "patch", "replace": "update"}
@@ -385,18 +396,17 @@ def rbac_for_call(group: str, method: str) -> tuple[str, str, str]:
     assert namespaced, f"{method}: not a namespaced call; a Role cannot grant it"
     for suffix in ("_status", "_log"):
         if kind.endswith(suffix):
-            return group, f"{kind.removesuffix(suffix)}s/{suffix[1:]}", _VERBS[action]
-    return group, f"{kind}s", _VERBS[action]
+            return group, f"{kind.removesuffix(suffix).replace('_', '')}s/{suffix[1:]}", _VERBS[action]
+    return group, f"{kind.replace('_', '')}s", _VERBS[action]
 
 
 def api_calls(tree: ast.AST, clients: dict[str, str]) -> set[tuple[str, str, str]]:
-    """RBAC needs of ``<x>.<client>.<method>(...)`` calls, for the client attributes given."""
+    """RBAC needs of ``<x>.<client>.<method>`` for the client attributes given, whether called
+    there or passed on to be called (``_missing(self.core.read_namespaced_service, ...)``)."""
     found = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            receiver = node.func.value
-            if isinstance(receiver, ast.Attribute) and receiver.attr in clients:
-                found.add(rbac_for_call(clients[receiver.attr], node.func.attr))
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr in clients:
+            found.add(rbac_for_call(clients[node.value.attr], node.attr))
     return found
 
 
@@ -441,14 +451,37 @@ def dagster_k8s_needs() -> set[tuple[str, str, str]]:
 def serving_deployer_needs() -> set[tuple[str, str, str]]:
     source = ROOT / "mnist_serving" / "k8s_endpoint.py"
     assert source.is_file(), "mnist_serving/k8s_endpoint.py is gone: drop its rules from deploy/k8s/rbac.yaml"
-    return api_calls(ast.parse(source.read_text()), {"apps": "apps", "core": ""})
+    return api_calls(ast.parse(source.read_text()), {"apps": "apps", "core": "", "policy": "policy"})
 
 
-def test_role_grants_what_the_code_calls_and_nothing_more():
-    needs = dagster_k8s_needs() | serving_deployer_needs()
-    role = granted(rbac_objects()["Role"])
-    assert not needs - role, f"called but not granted: {sorted(needs - role)}"
-    assert not role - needs, f"granted but never called: {sorted(role - needs)}"
+@pytest.mark.parametrize(
+    ("role", "code_needs"), [(SERVICE_ACCOUNT, dagster_k8s_needs), ("mnist-deployer", serving_deployer_needs)]
+)
+def test_role_grants_what_the_code_calls_and_nothing_more(role, code_needs):
+    needs = code_needs()
+    rules = granted(rbac_objects()[("Role", role)])
+    assert not needs - rules, f"{role}: called but not granted: {sorted(needs - rules)}"
+    assert not rules - needs, f"{role}: granted but never called: {sorted(rules - needs)}"
+
+
+def test_only_the_delivery_steps_run_as_the_deployer():
+    """Every op that deploys (calls the deployer) runs as mnist-deployer in mnist_pipeline_k8s;
+    the others, and every run pod, as mnist-dagster."""
+    from dagster_k8s.job import get_user_defined_k8s_config
+
+    from mnist_assets.definitions import defs
+    from mnist_assets.k8s import DEPLOYER_SERVICE_ACCOUNT
+
+    job = defs.resolve_job_def("mnist_pipeline_k8s")
+    accounts = {  # as k8s_job_executor reads the op tags
+        node.name: get_user_defined_k8s_config(node.definition.tags).pod_spec_config.get("service_account_name")
+        for node in job.nodes
+    }
+    assert DEPLOYER_SERVICE_ACCOUNT == "mnist-deployer" and ("Role", DEPLOYER_SERVICE_ACCOUNT) in rbac_objects()
+    deployers = {name for name, account in accounts.items() if account == DEPLOYER_SERVICE_ACCOUNT}
+    assert deployers == {"model_deployment", "deployment_test_results"}
+    assert {account for name, account in accounts.items() if name not in deployers} == {None}  # the run's own
+    assert not job.tags.get("dagster-k8s/config"), "a job tag would change the run pod"
 
 
 # ---- deploy/dagster.yaml ------------------------------------------------------------------------
@@ -538,35 +571,9 @@ def test_other_instance_classes_load():
 
 # ---- Helm values --------------------------------------------------------------------------------
 
-# Keys of the dagster chart 1.13 values these values may use, copied from the chart's schema
-# (helm/dagster/schema/schema/charts/...: run_launcher.py K8sRunLauncherConfig and RunK8sConfig,
-# both extra="forbid"; user_deployments.py UserDeployment, plus keys of the subchart's
-# values.yaml). A typo here would otherwise fail only at `helm install`.
-CHART_K8S_RUN_LAUNCHER_KEYS = {
-    "image",
-    "imagePullPolicy",
-    "jobNamespace",
-    "loadInclusterConfig",
-    "kubeconfigFile",
-    "envConfigMaps",
-    "envSecrets",
-    "envVars",
-    "volumeMounts",
-    "volumes",
-    "labels",
-    "failPodOnRunFailure",
-    "resources",
-    "schedulerName",
-    "securityContext",
-    "runK8sConfig",
-}
-CHART_RUN_K8S_CONFIG_KEYS = {
-    "containerConfig": "container_config",
-    "podSpecConfig": "pod_spec_config",
-    "podTemplateSpecMetadata": "pod_template_spec_metadata",
-    "jobSpecConfig": "job_spec_config",
-    "jobMetadata": "job_metadata",
-}
+# Keys of a user deployment in the dagster chart 1.13 values, copied from the chart's schema
+# (helm/dagster/schema/schema/charts/...: user_deployments.py UserDeployment, plus keys of the
+# subchart's values.yaml). A typo here would otherwise fail only at `helm install`.
 CHART_USER_DEPLOYMENT_KEYS = {
     "name",
     "image",
@@ -600,45 +607,11 @@ HELM_RELEASE = "dagster"  # `helm upgrade --install dagster ...`: resource prefi
 
 
 def helm_run_launcher_config(values: dict) -> dict:
-    """K8sRunLauncher config as the chart's templates/helpers/instance/_run-launcher.tpl renders
-    it from these values (emulated: only the keys these values use)."""
-    k8s = values["runLauncher"]["config"]["k8sRunLauncher"]
-    return {
-        "load_incluster_config": k8s["loadInclusterConfig"],
-        "job_namespace": k8s.get("jobNamespace") or NAMESPACE,  # default: the release namespace
-        "image_pull_policy": k8s["imagePullPolicy"],
-        "service_account_name": HELM_RELEASE,  # the chart's own service account
-        "dagster_home": values["global"]["dagsterHome"],
-        "instance_config_map": f"{HELM_RELEASE}-instance",
-        "postgres_password_secret": "dagster-postgresql-secret",
-        "env_config_maps": [source["name"] for source in k8s.get("envConfigMaps", [])],
-        "env_secrets": [source["name"] for source in k8s.get("envSecrets", [])],
-        "volume_mounts": k8s.get("volumeMounts", []),
-        "volumes": k8s.get("volumes", []),
-        "run_k8s_config": {CHART_RUN_K8S_CONFIG_KEYS[key]: value for key, value in k8s["runK8sConfig"].items()},
-    }
-
-
-def helm_code_location_context(values: dict, deployment: dict) -> dict:
-    """The container context the user-code server reports with includeConfigInLaunchedRuns, as the
-    subchart's helpers/_helpers.tpl (dagsterUserDeployments.k8sContainerContext) renders it."""
-    subchart = values["dagster-user-deployments"]
-    context = {
-        "image_pull_policy": deployment["image"]["pullPolicy"],
-        "env_config_maps": [
-            f"{HELM_RELEASE}-{deployment['name']}-user-env",
-            *[source["name"] for source in deployment.get("envConfigMaps", [])],
-        ],
-        "env_secrets": [source["name"] for source in deployment.get("envSecrets", [])],
-        "volume_mounts": deployment.get("volumeMounts", []),
-        "volumes": deployment.get("volumes", []),
-        "namespace": NAMESPACE,  # the release namespace
-        "service_account_name": subchart["serviceAccount"]["name"],
-        "run_k8s_config": {"pod_spec_config": {"automount_service_account_token": True}},
-    }
-    if isinstance(deployment.get("env"), list):
-        context["env"] = deployment["env"]
-    return {"k8s": context}
+    """K8sRunLauncher config as the chart writes it into the instance: a CustomRunLauncher's
+    config goes in as written (templates/helpers/instance/_run-launcher.tpl)."""
+    custom = values["runLauncher"]["config"]["customRunLauncher"]
+    assert (custom["module"], custom["class"]) == ("dagster_k8s", "K8sRunLauncher")
+    return custom["config"]
 
 
 def mnist_deployment(values: dict) -> dict:
@@ -648,14 +621,14 @@ def mnist_deployment(values: dict) -> dict:
 
 def test_helm_values_use_chart_keys_and_our_names():
     values = load_helm_values()
-    launcher = values["runLauncher"]
-    assert launcher["type"] == "K8sRunLauncher"
-    k8s = launcher["config"]["k8sRunLauncher"]
-    assert set(k8s) <= CHART_K8S_RUN_LAUNCHER_KEYS, set(k8s) - CHART_K8S_RUN_LAUNCHER_KEYS
-    assert set(k8s["runK8sConfig"]) <= set(CHART_RUN_K8S_CONFIG_KEYS)
-    assert k8s["jobNamespace"] == NAMESPACE
-    assert k8s["envConfigMaps"] == [{"name": "mnist-env"}] and k8s["envSecrets"] == [{"name": "mnist-secrets"}]
-    assert k8s["runK8sConfig"]["jobSpecConfig"] == {"ttlSecondsAfterFinished": 3600}
+    assert values["runLauncher"]["type"] == "CustomRunLauncher"
+    k8s = helm_run_launcher_config(values)
+    assert k8s["job_namespace"] == NAMESPACE and k8s["service_account_name"] == SERVICE_ACCOUNT
+    assert k8s["env_config_maps"] == ["mnist-env"] and k8s["env_secrets"] == ["mnist-secrets"]
+    assert k8s["run_k8s_config"]["job_spec_config"] == {"ttlSecondsAfterFinished": 3600}
+    assert k8s["dagster_home"] == values["global"]["dagsterHome"]
+    assert k8s["postgres_password_secret"] == values["global"]["postgresqlSecretName"]
+    assert k8s["instance_config_map"] == f"{HELM_RELEASE}-instance"
 
     subchart = values["dagster-user-deployments"]
     assert subchart["enabled"] is True and subchart["enableSubchart"] is True
@@ -667,15 +640,20 @@ def test_helm_values_use_chart_keys_and_our_names():
     assert deployment["image"] == {"repository": "mnist-mlops", "tag": "0.1.0", "pullPolicy": "IfNotPresent"}
     assert deployment["dagsterApiGrpcArgs"] == ["-m", "mnist_assets.definitions"]
     assert deployment["port"] == 4000
-    assert deployment["includeConfigInLaunchedRuns"] == {"enabled": True}
+    # Off: the launcher carries env, volumes and service account (see test_k8s_run_tags.py).
+    assert deployment["includeConfigInLaunchedRuns"] == {"enabled": False}
     assert {"name": "MNIST_RUN_CONFIG", "value": "/config/run_config.yaml"} in deployment["env"]
     config_volume = next(v for v in deployment["volumes"] if "configMap" in v)
     assert config_volume["configMap"]["name"] == "mnist-run-config"
     mount = next(m for m in deployment["volumeMounts"] if m["name"] == config_volume["name"])
     assert mount["mountPath"] == "/config"
 
-    assert values["postgresql"]["enabled"] is True
-    assert "postgresqlPassword" not in values["postgresql"]  # no secrets in the values file
+    # No password anywhere: an external PostgreSQL, its password in a Secret the user creates.
+    assert values["postgresql"]["enabled"] is False and values["generatePostgresqlPasswordSecret"] is False
+    assert "postgresqlPassword" not in values["postgresql"]
+    assert values["global"]["postgresqlSecretName"] == "dagster-postgresql-secret"
+    # The webserver is never exposed: ClusterIP, no Ingress.
+    assert values["dagsterWebserver"]["service"]["type"] == "ClusterIP" and values["ingress"]["enabled"] is False
     assert values["dagsterDaemon"]["enabled"] is True
     assert values["telemetry"] == {"enabled": False}
     assert values["global"]["dagsterHome"] == "/opt/dagster/home"
@@ -703,15 +681,14 @@ def test_helm_user_code_pod_runs_restricted():
 
 def test_helm_run_pods_are_valid_and_restricted(kubeconfig):
     values = load_helm_values()
-    run_k8s_config = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
+    run_k8s_config = helm_run_launcher_config(values)["run_k8s_config"]
     fragment = {
-        "securityContext": run_k8s_config["podSpecConfig"]["securityContext"],
-        "containers": [{"name": "run", "securityContext": run_k8s_config["containerConfig"]["securityContext"]}],
+        "securityContext": run_k8s_config["pod_spec_config"]["securityContext"],
+        "containers": [{"name": "run", "securityContext": run_k8s_config["container_config"]["securityContext"]}],
     }
-    problems = security_problems(fragment, "helm runK8sConfig")
+    problems = security_problems(fragment, "helm run_k8s_config")
     launcher = launcher_from_config(helm_run_launcher_config(values), kubeconfig)
-    context = helm_code_location_context(values, mnist_deployment(values))
-    job, container_context = launched_run_job(launcher, context, image=IMAGE)
+    job, container_context = launched_run_job(launcher, image=IMAGE)
     problems += check_run_job(job, container_context, "run Job from the Helm values")
     env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0].get("env", [])}
     if env.get("MNIST_RUN_CONFIG") != "/config/run_config.yaml":

@@ -54,6 +54,8 @@ def test_deploy_roll_forward_roll_back_and_stop(cluster):
     (deployment,) = emulator.objects("apps/v1/deployments", NAMESPACE)
     command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[command.index("--request-log") + 1] == "/data/serving/requests"
+    (budget,) = emulator.objects("policy/v1/poddisruptionbudgets", NAMESPACE)
+    assert budget["spec"]["minAvailable"] == 1 and deployment["spec"]["replicas"] == 2
 
     second = deployer.deploy("/models/mnist/2", "2")
     assert (second.version, _served_dir(emulator)) == ("2", "/models/mnist/2")
@@ -64,7 +66,8 @@ def test_deploy_roll_forward_roll_back_and_stop(cluster):
     assert (back.version, deployer.current().version) == ("1", "1")
 
     assert deployer.stop().version == "1"
-    assert emulator.objects("apps/v1/deployments", NAMESPACE) == [] and emulator.objects("v1/services", NAMESPACE) == []
+    for resource in ("apps/v1/deployments", "v1/services", "policy/v1/poddisruptionbudgets"):
+        assert emulator.objects(resource, NAMESPACE) == [], resource
 
 
 def test_a_rollout_that_never_becomes_available_times_out_clearly(cluster):

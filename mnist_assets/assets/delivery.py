@@ -10,6 +10,7 @@ from mnist_assets.assets.data import mnist_dataset, notmnist_dataset
 from mnist_assets.assets.models import CLASSIFIER_DIR, CONCEPT_DIR, OWNERS, mnist_classifier, mnist_concept_model
 from mnist_assets.checks import DEPLOYMENT_CHECKS, DEPLOYMENT_GATES, deployment_checks
 from mnist_assets.config import DeploymentTestConfig
+from mnist_assets.k8s import DELIVERY_POD
 from mnist_ml import plots
 from mnist_ml.model_contract import CLASSIFIER, CONCEPT_MODEL, INPUT_NAME, SIGNATURE
 from mnist_ml.registry import FileModelRepository, ModelVersion, RegistryError
@@ -77,6 +78,7 @@ def uploaded_model(context: AssetExecutionContext, data_store: DataStore, regist
     group_name="delivery",
     owners=OWNERS,
     deps=[uploaded_model],
+    op_tags=DELIVERY_POD,
     description="The candidate version serving at the inference endpoint (KServe model server, "
     "v1 and v2 protocols), swapped in without dropping requests, and promoted to 'production'.",
 )
@@ -114,6 +116,7 @@ def _roll_back(repository: FileModelRepository, deployer: ModelDeployer, failed:
     group_name="delivery",
     owners=OWNERS,
     deps=[model_deployment, mnist_dataset, notmnist_dataset],
+    op_tags=DELIVERY_POD,
     check_specs=DEPLOYMENT_CHECKS,
     description="Tests of the deployed endpoint over HTTP: MNIST accuracy, out-of-distribution "
     "flags on notMNIST, noisy and clean digits, single-image latency, malformed requests. "
