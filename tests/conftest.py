@@ -97,3 +97,20 @@ def tiny_versions(tmp_path_factory):
         write_concept_calibration(artifacts["concept_model"], {"threshold": 0.2, "percentile": 99.0})
         versions.append(repository.publish(artifacts, {"note": f"tiny seed {seed}"}))
     return repository, versions
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the whole session (tests/postgres_server.py). Without
+    the binaries the Postgres tests skip with the reason, except in CI, where .ci/run
+    installs them and a missing server is a failure."""
+    from postgres_server import PostgresServer, find_bin_dir
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        message = "PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run does it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with PostgresServer(bin_dir) as server:
+        yield server

@@ -6,40 +6,38 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import requests
+import yaml
 from dagster import DagsterInstance, DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient
+from instance_config import environment
+from postgres_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class DagsterStack:
     """``with DagsterStack(home, env) as stack:`` runs ``dagster-webserver`` and
-    ``dagster-daemon`` on ``workspace.yaml`` until the block ends."""
+    ``dagster-daemon`` on ``workspace.yaml`` until the block ends, with ``instance`` as
+    their dagster.yaml (default: SQLite storage in ``home``)."""
 
-    def __init__(self, home: Path, env: dict[str, str], webserver: bool = True) -> None:
+    def __init__(self, home: Path, env: dict[str, str], webserver: bool = True, instance: dict | None = None) -> None:
         self.home, self.port = home, free_port()
         self.env = {**os.environ, **env, "DAGSTER_HOME": str(home)}
         self.webserver = webserver
+        self.instance_config = instance or {"telemetry": {"enabled": False}}
         self.processes: list[subprocess.Popen] = []
 
     def __enter__(self) -> DagsterStack:
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        (self.home / "dagster.yaml").write_text(yaml.safe_dump(self.instance_config, sort_keys=False))
         if self.webserver:
             self._spawn(
                 "webserver",
@@ -91,7 +89,8 @@ class DagsterStack:
         return (self.home / f"{name}.log").read_text(errors="replace")
 
     def instance(self) -> DagsterInstance:
-        return DagsterInstance.from_config(str(self.home))
+        with environment(self.env):
+            return DagsterInstance.from_config(str(self.home))
 
     def wait_for_run(self, run_id: str, timeout: float = 900) -> DagsterRunStatus:
         deadline = time.monotonic() + timeout
