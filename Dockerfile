@@ -27,8 +27,11 @@ COPY mnist_ml ./mnist_ml
 COPY mnist_serving ./mnist_serving
 COPY mnist_assets ./mnist_assets
 COPY resources ./resources
-# Non-editable install of the project and the tensorflow-cpu flavour, every version pinned.
-RUN pip install --no-cache-dir -c requirements/constraints.txt ".[cpu]"
+# The build's own tools first, at their pins (setuptools is also pinned as the build backend
+# in pyproject.toml); then a non-editable install of the project and the tensorflow-cpu
+# flavour, every version pinned: the same constraints `make install` and the tests use.
+RUN pip install --no-cache-dir -c requirements/constraints.txt pip setuptools wheel \
+    && pip install --no-cache-dir -c requirements/constraints.txt ".[cpu]"
 
 # ---- runtime ---------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -16,12 +16,24 @@ endif
 
 .PHONY: install run stop status test lint bench dev clean k8s-manifests
 
-install: $(BIN)/.installed
+CONSTRAINTS := requirements/constraints.txt
+CHECKOV_VENV ?= .venv-checkov
 
-$(BIN)/.installed: pyproject.toml
+# Every install takes its versions from requirements/constraints.txt, pip included: the
+# tests run on exactly what the image ships. checkov (a test tool with a closure of its own)
+# gets a separate venv from requirements/checkov.txt.
+install: $(BIN)/.installed $(CHECKOV_VENV)/.installed
+
+$(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[cpu,dev]"
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) pip
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[cpu,dev]"
+	touch $@
+
+$(CHECKOV_VENV)/.installed: requirements/checkov.txt $(CONSTRAINTS)
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet -c $(CONSTRAINTS) pip
+	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements/checkov.txt
 	touch $@
 
 $(DAGSTER_HOME)/dagster.yaml:
