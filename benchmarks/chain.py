@@ -51,11 +51,14 @@ def _tree_memory(process: psutil.Process) -> tuple[int, int]:
     return pss, rss
 
 
-def run_job(job: str, work: Path, mirror: Path | None) -> tuple[float, tuple[int, int]]:
-    """Run the job; return wall seconds and the peak tree (PSS, RSS) in bytes."""
+def run_job(
+    job: str, work: Path, mirror: Path | None, instance: str = "telemetry:\n  enabled: false\n", env: dict | None = None
+) -> tuple[float, tuple[int, int]]:
+    """Run the job on the ``instance`` (dagster.yaml text; default SQLite in the run's
+    DAGSTER_HOME) with ``env`` added; return wall seconds and the peak tree (PSS, RSS) in bytes."""
     home = work / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    (home / "dagster.yaml").write_text(instance)
     override = {
         "data_store": {"root": str(work / "data")},
         "registry": {"root": str(work / "models")},
@@ -67,7 +70,7 @@ def run_job(job: str, work: Path, mirror: Path | None) -> tuple[float, tuple[int
     (work / "override.yaml").write_text(json.dumps(override))
     command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "mnist_assets.definitions", "-j", job]
     command += ["-c", str(ROOT / "run_config.yaml"), "-c", str(work / "override.yaml")]
-    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    env = {**os.environ, **(env or {}), "DAGSTER_HOME": str(home)}
     with (work / "run.log").open("w") as log:
         start = time.perf_counter()
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
