@@ -16,8 +16,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from test_k8s_jobs import _step_job
-from test_k8s_manifests import (
+from k8s_checks import (
     DEPLOY,
     NAMESPACE,
     ROOT,
@@ -28,9 +27,10 @@ from test_k8s_manifests import (
     load_dagster_yaml,
     load_helm_values,
 )
+from test_k8s_jobs import _step_job
 
 from mnist_assets.k8s import DELIVERY_POD, TRAINING_POD
-from mnist_serving.k8s_endpoint import SHIPPED, deployment, pod_disruption_budget, service
+from mnist_delivery.k8s_endpoint import SHIPPED, deployment, pod_disruption_budget, service
 
 __all__ = ["kubeconfig"]  # a fixture
 CHECKOV = Path(os.environ.get("MNIST_CHECKOV", ROOT / ".venv-checkov" / "bin" / "checkov"))

@@ -10,7 +10,7 @@ which `make install` builds with these constraints.
 Not covered: the ``gpu`` extra (tensorflow[and-cuda] and the CUDA wheels are not installed
 here, so they are not pinned), checkov's own venv (requirements/checkov.txt, installed
 separately), and the image itself (no Docker engine here; its Dockerfile is checked to install
-with this file in tests/test_k8s_manifests.py).
+with this file in tests/test_dockerfile.py).
 """
 
 from __future__ import annotations

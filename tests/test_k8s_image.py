@@ -7,9 +7,9 @@ Not covered: that the image exists or that the digest matches a build (no regist
 from __future__ import annotations
 
 import yaml
-from test_k8s_manifests import DEPLOY, k8s_documents, load_dagster_yaml, load_helm_values, mnist_deployment
+from k8s_checks import DEPLOY, k8s_documents, load_dagster_yaml, load_helm_values, mnist_deployment
 
-from mnist_serving.k8s_endpoint import SHIPPED, ServingSpec
+from mnist_delivery.k8s_endpoint import SHIPPED, ServingSpec
 from resources.deployer import ServingSettings
 
 

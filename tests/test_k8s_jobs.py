@@ -16,14 +16,14 @@ from dagster import validate_run_config
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import construct_dagster_k8s_job, get_user_defined_k8s_config
+from k8s_checks import kubeconfig, launcher_from_config, list_problems, load_dagster_yaml, security_problems
 from k8s_schema import schema_errors
 from kubernetes.client import ApiClient
 from pod_security import restricted_violations
-from test_k8s_manifests import kubeconfig, launcher_from_config, list_problems, load_dagster_yaml, security_problems
 
 from mnist_assets.definitions import defs
 from mnist_assets.k8s import DELIVERY_POD, TRAINING_POD
-from mnist_serving.k8s_endpoint import SHIPPED, deployment, pod_disruption_budget, render, service
+from mnist_delivery.k8s_endpoint import SHIPPED, deployment, pod_disruption_budget, render, service
 
 ROOT = Path(__file__).resolve().parents[1]
 __all__ = ["kubeconfig"]  # a fixture
@@ -48,7 +48,7 @@ def _step_job(step: str, tags: dict, kubeconfig: str) -> dict:
 
 def test_shipped_serving_manifest_is_what_the_deployer_applies():
     assert (ROOT / "deploy" / "k8s" / "serving.yaml").read_text() == render(), (
-        "deploy/k8s/serving.yaml is stale: python -m mnist_serving.k8s_endpoint > deploy/k8s/serving.yaml"
+        "deploy/k8s/serving.yaml is stale: python -m mnist_delivery.k8s_endpoint > deploy/k8s/serving.yaml"
     )
 
 
@@ -81,7 +81,7 @@ def test_serving_objects_validate_and_are_locked_down():
 
 
 def test_serving_pod_without_request_log_mounts_no_data():
-    from mnist_serving.k8s_endpoint import ServingSpec
+    from mnist_delivery.k8s_endpoint import ServingSpec
 
     pod = deployment(ServingSpec(), "/models/mnist/7", "7")["spec"]["template"]["spec"]
     assert {v["name"] for v in pod["volumes"]} == {"models", "tmp"}

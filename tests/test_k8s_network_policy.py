@@ -16,7 +16,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 import pytest
-from test_k8s_manifests import NAMESPACE, k8s_documents
+from k8s_checks import NAMESPACE, k8s_documents
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,7 @@ from dagster._core.code_pointer import ModuleCodePointer
 from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster_k8s.job import construct_dagster_k8s_job
-from kubernetes.client import ApiClient
-from test_k8s_manifests import (
+from k8s_checks import (
     helm_run_launcher_config,
     kubeconfig,
     launcher_from_config,
@@ -26,6 +25,7 @@ from test_k8s_manifests import (
     load_helm_values,
     mnist_deployment,
 )
+from kubernetes.client import ApiClient
 
 __all__ = ["kubeconfig"]  # a fixture
 

@@ -1,6 +1,7 @@
 """The Pod Security "restricted" checker (tests/pod_security.py) and the pods it is applied to
-beyond those of test_k8s_manifests.py / test_k8s_jobs.py: the namespace's admission labels,
-and the Dagster chart's own pods (webserver, daemon) as our Helm values configure them.
+beyond those of test_k8s_objects.py, test_helm_values.py and test_k8s_jobs.py: the namespace's
+admission labels, and the Dagster chart's own pods (webserver, daemon) as our Helm values
+configure them.
 
 Covered: that the checker reports each rule of the profile (a pod breaking each one), and
 that the namespace enforces restricted at a pinned version. Not covered: the admission
@@ -11,8 +12,8 @@ every container, init containers included)."""
 from __future__ import annotations
 
 import yaml
+from k8s_checks import K8S_DIR, load_helm_values
 from pod_security import RULES, restricted_violations
-from test_k8s_manifests import K8S_DIR, load_helm_values
 
 RESTRICTED_POD = {
     "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
