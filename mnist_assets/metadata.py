@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Mapping
 
 from dagster import MetadataValue
@@ -15,7 +16,14 @@ def png(image: bytes, title: str) -> MetadataValue:
 
 
 def table(rows: Mapping[str, object], key: str, value: str) -> MetadataValue:
-    """A two-column Markdown table, e.g. counts per class."""
+    """A two-column Markdown table, e.g. counts per class. NaN (say, the accuracy of a class
+    with no samples) shows as "n/a", not as a number."""
     lines = [f"| {key} | {value} |", "| --- | --- |"]
-    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows.items()]
+    lines += [f"| {k} | {_cell(v)} |" for k, v in rows.items()]
     return MetadataValue.md("\n".join(lines))
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.4f}"
+    return str(value)

@@ -8,7 +8,9 @@ import keras
 import numpy as np
 
 from mnist_ml.hyperparams import ARCHITECTURES, FitParams
-from mnist_ml.training import FitResult, Log, fit
+from mnist_ml.log import Log
+from mnist_ml.model_contract import INPUT_NAME
+from mnist_ml.training import FitResult, fit
 
 
 def build_classifier(architecture: str, hidden_units: Sequence[int], seed: int) -> keras.Model:
@@ -16,7 +18,7 @@ def build_classifier(architecture: str, hidden_units: Sequence[int], seed: int) 
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}: choose one of {ARCHITECTURES}")
     keras.utils.set_random_seed(seed)
-    layers: list[keras.layers.Layer] = [keras.Input((28, 28), name="imgs")]
+    layers: list[keras.layers.Layer] = [keras.Input((28, 28), name=INPUT_NAME)]
     if architecture == "cnn":
         layers += [keras.layers.Reshape((28, 28, 1))]
         for filters in (32, 64):

@@ -11,7 +11,9 @@ import numpy as np
 
 from mnist_ml.datasets import to_unit_float
 from mnist_ml.hyperparams import FitParams
-from mnist_ml.training import FitResult, Log, fit, split_validation
+from mnist_ml.log import Log
+from mnist_ml.model_contract import INPUT_NAME
+from mnist_ml.training import FitResult, fit, split_validation
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ def build_autoencoder(encoder_units: Sequence[int], seed: int) -> keras.Model:
     """784 -> encoder_units -> mirrored decoder -> 784 sigmoid pixels."""
     keras.utils.set_random_seed(seed)
     decoder_units = list(encoder_units[-2::-1])
-    layers: list[keras.layers.Layer] = [keras.Input((28, 28), name="imgs"), keras.layers.Flatten()]
+    layers: list[keras.layers.Layer] = [keras.Input((28, 28), name=INPUT_NAME), keras.layers.Flatten()]
     layers += [keras.layers.Dense(units, activation="relu") for units in (*encoder_units, *decoder_units)]
     layers += [keras.layers.Dense(784, activation="sigmoid"), keras.layers.Reshape((28, 28))]
     return keras.Sequential(layers, name="concept_autoencoder")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -23,6 +22,9 @@ from urllib.request import url2pathname
 import requests
 import urllib3
 
+from mnist_ml.atomic import atomic_file
+from mnist_ml.log import Log
+
 CHUNK_SIZE = 1 << 20
 UNKNOWN_LENGTH_REPORT_EVERY = 8 << 20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -32,7 +34,6 @@ HINT = (
     "e.g. file:///path/to/shared/data/mnist"
 )
 
-Log = Callable[[str], None]
 Validator = Callable[[Path], None]
 
 
@@ -196,19 +197,10 @@ def _attempt(url: str, plan: _Plan) -> FetchResult:
     """Download into a temp file next to the target, verify, then rename into place."""
     plan.log(f"fetching {url}")
     started = time.monotonic()
-    fd, name = tempfile.mkstemp(dir=plan.final.parent, prefix=".part-", suffix=f"-{plan.final.name}")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as part:
-            size = _transfer(url, part, plan)
-            part.flush()
-            os.fsync(part.fileno())
-        digest = _verify(tmp, plan)
-        os.chmod(tmp, 0o644)  # temp files are created 0600; the result is ordinary data
-        os.replace(tmp, plan.final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(plan.final) as part:
+        size = _transfer(url, part, plan)
+        part.flush()
+        digest = _verify(Path(part.name), plan)
     plan.log(f"  saved {plan.final} ({size / 1e6:.1f} MB in {time.monotonic() - started:.1f}s)")
     return FetchResult(plan.final, url, digest, False, size)
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mnist_ml.log import Log
+
 IMAGE_SIZE = (28, 28)
 
 
@@ -29,7 +31,7 @@ def decode_image(path: Path) -> np.ndarray | str:
 def decode_labelled(
     labelled: Sequence[tuple[int, Path]],
     display: Callable[[Path], str],
-    log: Callable[[str], None] | None = None,
+    log: Log | None = None,
     progress_every: int = 2000,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decode (label, path) pairs: (uint8 [N, 28, 28] images, int64 labels, skipped

@@ -8,19 +8,20 @@ while reporting exactly which ones were skipped.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from mnist_ml.atomic import swap_in
 from mnist_ml.image_folder import decode_labelled
+from mnist_ml.log import Log
 
 LETTERS = "ABCDEFGHIJ"
 ARCHIVE_DIR = "notMNIST_small"
@@ -144,29 +145,12 @@ def _extract_into_place(
         tar.extractall(tmp, members=members, filter="data")
         extracted = tmp if wrapped else tmp / root.name
         (extracted / MARKER).write_text(digest + "\n")
-        _swap_in(extracted, root)
+        swap_in(extracted, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _swap_in(new: Path, root: Path) -> None:
-    """Rename `new` to `root`; a previous `root` is moved aside, then deleted."""
-    if not (root.exists() or root.is_symlink()):
-        os.rename(new, root)
-        return
-    trash = Path(tempfile.mkdtemp(dir=root.parent, prefix=".old-"))
-    old = trash / root.name
-    os.rename(root, old)
-    try:
-        os.rename(new, root)
-    except OSError:
-        os.rename(old, root)  # keep the previous extraction rather than nothing
-        raise
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
-
-
-def load_notmnist(root: Path, *, log: Callable[[str], None] = print) -> NotMnist:
+def load_notmnist(root: Path, *, log: Log = print) -> NotMnist:
     """Decode every 28x28 PNG under `root`'s letter folders into arrays.
 
     `root` may contain `notMNIST_small/A..J` or the letter folders directly.
@@ -182,7 +166,7 @@ def load_notmnist(root: Path, *, log: Callable[[str], None] = print) -> NotMnist
     return NotMnist(images, label_array, skipped, per_class)
 
 
-def _labelled_files(root: Path, log: Callable[[str], None]) -> list[tuple[int, Path]]:
+def _labelled_files(root: Path, log: Log) -> list[tuple[int, Path]]:
     """(label, path) for every PNG in the letter folders, in a deterministic order."""
     base = root / ARCHIVE_DIR if (root / ARCHIVE_DIR).is_dir() else root
     folders = [(i, base / letter) for i, letter in enumerate(LETTERS)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
@@ -11,8 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_ml.hyperparams import FitParams
-
-Log = Callable[[str], None]
+from mnist_ml.log import Log
 
 
 @dataclass(frozen=True)

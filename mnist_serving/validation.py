@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mnist_ml.datasets import to_unit_float
+
 
 class InvalidImages(ValueError):
     """The request's images can't be scored; the message is safe to return to the client."""
@@ -29,12 +31,10 @@ def to_model_input(data: object, max_batch: int) -> np.ndarray:
     n = array.shape[0]
     if not 1 <= n <= max_batch:
         raise InvalidImages(f"batch size must be between 1 and {max_batch}, got {n}")
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / np.float32(255.0)
     if np.issubdtype(array.dtype, np.integer):
-        if array.min() < 0 or array.max() > 255:
+        if array.dtype != np.uint8 and (array.min() < 0 or array.max() > 255):
             raise InvalidImages("integer pixels must be in 0..255")
-        return array.astype(np.float32) / np.float32(255.0)
+        return to_unit_float(array)
     pixels = array.astype(np.float32)
     if not np.isfinite(pixels).all():
         raise InvalidImages("images contain NaN or infinite values")

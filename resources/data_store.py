@@ -3,19 +3,17 @@ mounted ``data`` volume on Kubernetes (same code, another ``root``)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
 from dagster import Config, ConfigurableResource
 from pydantic import Field
 
+from mnist_ml.atomic import atomic_file, replace_dir, write_bytes_atomic
 from mnist_ml.download import FetchResult, fetch_verified, folder_fingerprint, mirror_fingerprint
+from mnist_ml.log import Log
 
 
 class DataStoreSettings(Config):
@@ -43,7 +41,7 @@ class DataStore(ConfigurableResource, DataStoreSettings):
         timeout: float = 30.0,
         retries: int = 3,
         backoff: float = 1.0,
-        log: Callable[[str], None] = print,
+        log: Log = print,
     ) -> FetchResult:
         """Download ``filename`` into ``raw/`` from the first mirror that serves it verified."""
         return fetch_verified(
@@ -69,10 +67,8 @@ class DataStore(ConfigurableResource, DataStoreSettings):
     def save_arrays(self, name: str, **arrays: np.ndarray) -> Path:
         """Store arrays compactly as ``processed/<name>.npz``."""
         target = self.path("processed", f"{name}.npz")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{name}-", suffix=".npz", delete=False) as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(f.name, target)
+        with atomic_file(target) as out:
+            np.savez_compressed(out, **arrays)
         return target
 
     def load_arrays(self, name: str, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -84,27 +80,9 @@ class DataStore(ConfigurableResource, DataStoreSettings):
             return {key: data[key] for key in (keys or data.files)}
 
     def write_bytes(self, relative: str, data: bytes) -> Path:
-        target = self.path(relative)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-        return target
+        return write_bytes_atomic(self.path(relative), data)
 
-    @contextmanager
-    def publish_dir(self, relative: str) -> Iterator[Path]:
-        """Yield an empty scratch folder; on success it replaces ``relative`` whole.
+    def publish_dir(self, relative: str) -> AbstractContextManager[Path]:
+        """An empty scratch folder; on success it replaces ``relative`` whole.
         On failure the scratch folder is removed and the previous content stays."""
-        target = self.path(relative)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-        try:
-            yield scratch
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
-        retired = target.with_name(f".{target.name}-old-{uuid.uuid4().hex}")
-        if target.exists():
-            os.replace(target, retired)
-        os.replace(scratch, target)
-        shutil.rmtree(retired, ignore_errors=True)
+        return replace_dir(self.path(relative))

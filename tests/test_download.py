@@ -55,7 +55,8 @@ def refused_url() -> str:
 
 
 def part_files(dest: Path) -> list[Path]:
-    return list(dest.glob(".part-*"))
+    """Temporaries left beside the downloads (dot-named, as every atomic write's)."""
+    return list(dest.glob(".*"))
 
 
 def test_http_download_is_verified_then_served_from_cache(http_mirror: HttpMirror, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
+from mnist_assets.metadata import table
 from mnist_ml.evaluation import add_uniform_noise, confusion_matrix, flag_rate, per_class_accuracy, roc_auc
 
 
@@ -31,6 +32,17 @@ def test_confusion_matrix_and_per_class_accuracy():
     accuracy = per_class_accuracy(matrix)
     assert accuracy[:3].tolist() == [0.5, 1.0, 0.0]
     assert np.isnan(accuracy[3])
+
+
+def test_a_class_with_no_samples_has_no_accuracy_not_zero():
+    """Class 2 is never the true label but is predicted once: its accuracy is unknown (NaN),
+    which the metadata tables show as "n/a", while the classes with samples keep theirs."""
+    matrix = confusion_matrix(np.array([0, 0, 1]), np.array([0, 2, 1]), n_classes=3)
+    accuracy = per_class_accuracy(matrix)
+    assert accuracy[:2].tolist() == [0.5, 1.0]
+    assert np.isnan(accuracy[2])
+    rendered = table(dict(zip("012", accuracy.tolist(), strict=True)), "digit", "accuracy").value
+    assert rendered.splitlines()[2:] == ["| 0 | 0.5000 |", "| 1 | 1.0000 |", "| 2 | n/a |"]
 
 
 def test_flag_rate_and_noise():

@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
+from mnist_ml.datasets import to_unit_float
 from mnist_serving import request_log
 from mnist_serving.request_log import FeedbackLog, RequestLog, read_feedback, read_predictions
 
@@ -25,7 +26,7 @@ def request(n: int, ood: tuple[int, ...] = (), seed: int = 0, uint8: bool = Fals
     pixels = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     probabilities = rng.dirichlet(np.ones(10), n).astype(np.float32)
     return {
-        "images": pixels if uint8 else pixels.astype(np.float32) / np.float32(255.0),
+        "images": pixels if uint8 else to_unit_float(pixels),
         "class_ids": probabilities.argmax(axis=1).astype(np.int64),
         "probabilities": probabilities,
         "concept_scores": rng.random(n, dtype=np.float32),

@@ -17,6 +17,7 @@ from mnist_assets.assets import (
     notmnist_dataset,
     production_labels,
 )
+from mnist_ml.datasets import to_unit_float
 from mnist_ml.model_contract import read_concept_calibration
 from mnist_ml.savedmodel import LoadedModel
 from resources import DataStore, ModelDeployer
@@ -71,7 +72,7 @@ def test_classifier_export_accuracy_and_passing_check(trained):
     meta = result.asset_materializations_for_node("mnist_classifier")[0].metadata
     assert meta["test_accuracy"].value > 0.9
     mnist = store.load_arrays("mnist")
-    out = LoadedModel(store.path("models", "classifier"))(mnist["x_test"][:500].astype(np.float32) / 255)
+    out = LoadedModel(store.path("models", "classifier"))(to_unit_float(mnist["x_test"][:500]))
     assert np.mean(out["class_ids"] == mnist["y_test"][:500]) > 0.85
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert checks["test_accuracy_at_least_minimum"].passed
