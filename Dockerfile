@@ -25,6 +25,7 @@ COPY requirements/constraints.txt requirements/constraints.txt
 COPY pyproject.toml README.md run_config.yaml workspace.yaml ./
 COPY mnist_ml ./mnist_ml
 COPY mnist_serving ./mnist_serving
+COPY mnist_delivery ./mnist_delivery
 COPY mnist_assets ./mnist_assets
 COPY resources ./resources
 # The build's own tools first, at their pins (setuptools is also pinned as the build backend
@@ -58,6 +59,7 @@ WORKDIR /app
 COPY pyproject.toml README.md run_config.yaml workspace.yaml ./
 COPY mnist_ml ./mnist_ml
 COPY mnist_serving ./mnist_serving
+COPY mnist_delivery ./mnist_delivery
 COPY mnist_assets ./mnist_assets
 COPY resources ./resources
 # Bytecode now: with a read-only root filesystem Python cannot write __pycache__ at run time.

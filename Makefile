@@ -49,10 +49,10 @@ endif
 
 # The endpoint keeps serving after `make run`; these show or stop it.
 status: install
-	$(BIN)/python -m mnist_serving.local_endpoint status --state-dir var/serving
+	$(BIN)/python -m mnist_delivery.local_endpoint status --state-dir var/serving
 
 stop: install
-	$(BIN)/python -m mnist_serving.local_endpoint stop --state-dir var/serving
+	$(BIN)/python -m mnist_delivery.local_endpoint stop --state-dir var/serving
 
 test: install
 	$(BIN)/pytest
@@ -69,7 +69,7 @@ dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1
 
 k8s-manifests: install
-	$(BIN)/python -m mnist_serving.k8s_endpoint > deploy/k8s/serving.yaml
+	$(BIN)/python -m mnist_delivery.k8s_endpoint > deploy/k8s/serving.yaml
 
 clean: stop
 	rm -rf var

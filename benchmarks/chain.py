@@ -24,7 +24,7 @@ import psutil
 from dagster import AssetKey, DagsterInstance
 from report import publish, table
 
-from mnist_serving.local_endpoint import LocalEndpoint
+from mnist_delivery.local_endpoint import LocalEndpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_TARGETS = {

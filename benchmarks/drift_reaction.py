@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from quick_config import DRIFT_ON_OOD, quick_run_config  # noqa: E402
 from stack import DagsterStack  # noqa: E402
 
-from mnist_serving.client import EndpointClient  # noqa: E402
-from mnist_serving.local_endpoint import LocalEndpoint  # noqa: E402
+from mnist_delivery.client import EndpointClient  # noqa: E402
+from mnist_delivery.local_endpoint import LocalEndpoint  # noqa: E402
 from mnist_serving.request_log import read_predictions  # noqa: E402
 from resources import DataStore  # noqa: E402
 

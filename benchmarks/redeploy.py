@@ -20,7 +20,7 @@ import numpy as np
 import requests
 from report import publish, table
 
-from mnist_serving.local_endpoint import LocalEndpoint
+from mnist_delivery.local_endpoint import LocalEndpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = {"instances": np.zeros((1, 784), np.uint8).tolist()}

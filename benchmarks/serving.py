@@ -26,9 +26,10 @@ import psutil
 import requests
 from report import publish, table
 
+from mnist_delivery.client import EndpointClient, binary_request
+from mnist_delivery.local_endpoint import LocalEndpoint
+from mnist_ml.model_contract import INPUT_NAME
 from mnist_ml.registry import FileModelRepository
-from mnist_serving.client import EndpointClient, binary_request
-from mnist_serving.local_endpoint import LocalEndpoint
 from mnist_serving.sockets import bind_listener
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     one = {
         "inputs": [
-            {"name": "imgs", "shape": [1, 28, 28], "datatype": "UINT8", "data": rng.integers(0, 256, 784).tolist()}
+            {"name": INPUT_NAME, "shape": [1, 28, 28], "datatype": "UINT8", "data": rng.integers(0, 256, 784).tolist()}
         ]
     }
     batch = binary_request(rng.integers(0, 256, (1000, 28, 28), dtype=np.uint8))

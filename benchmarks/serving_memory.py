@@ -1,5 +1,5 @@
 """Peak memory of one model server under the largest allowed batches, to size the serving
-pod's memory limit (mnist_serving/k8s_endpoint.py).
+pod's memory limit (mnist_delivery/k8s_endpoint.py).
 
 Starts ``python -m mnist_serving`` on a registry version (by default a fresh one with the
 shipped architecture: dense 256-64 classifier, 784-256-128-256-784 autoencoder; memory
@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from mnist_serving.client import EndpointClient, binary_request
+from mnist_delivery.client import EndpointClient, binary_request
+from mnist_ml.datasets import to_unit_float
 from mnist_serving.sockets import bind_listener
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def shipped_architecture_version(root: Path) -> Path:
 def load(client: EndpointClient, stop: threading.Event, kind: str, errors: list[str]) -> None:
     rng = np.random.default_rng(0)
     uint8 = rng.integers(0, 256, (MAX_BATCH, 28, 28), dtype=np.uint8)
-    floats = uint8.astype(np.float32) / 255
+    floats = to_unit_float(uint8)
     while not stop.is_set():
         images = uint8 if kind.endswith("uint8") else floats
         if kind.startswith("binary"):

@@ -27,9 +27,9 @@ from dagster import (
 from mnist_assets.assets.monitoring import training_class_counts
 from mnist_assets.config import PipelineConfig
 from mnist_assets.jobs import mnist_pipeline, mnist_pipeline_k8s
+from mnist_delivery.traffic import window_traffic
 from mnist_ml.datasets import MNIST_FILES, NOTMNIST_ARCHIVE
 from mnist_ml.drift import DriftState, drift_reasons, drift_step
-from mnist_serving.traffic import window_traffic
 from resources import AlertWebhook, DataStore, ModelDeployer
 
 DRIFT_INTERVAL_S = int(os.environ.get("MNIST_DRIFT_SENSOR_INTERVAL_S", "30"))

@@ -14,8 +14,9 @@ import numpy as np
 import orjson
 from kserve.errors import InvalidInput
 
+from mnist_ml.model_contract import OUTPUT_TYPES
 from mnist_serving.body_limit import Receive, Scope, Send, reply
-from mnist_serving.predictor import OUTPUT_TYPES, MnistPredictor
+from mnist_serving.predictor import MnistPredictor
 from mnist_serving.validation import InvalidImages
 
 HEADER = b"inference-header-content-length"

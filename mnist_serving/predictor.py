@@ -17,14 +17,21 @@ import tensorflow as tf
 from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
 
-from mnist_ml.model_contract import CLASSIFIER, CONCEPT_MODEL, INPUT_NAME, SIGNATURE, read_concept_calibration
+from mnist_ml.model_contract import (
+    CLASSIFIER,
+    CONCEPT_MODEL,
+    INPUT_NAME,
+    OUTPUT_SHAPES,
+    OUTPUT_TYPES,
+    REQUEST_ID_HEADER,
+    SIGNATURE,
+    TEST_TRAFFIC,
+    TRAFFIC_HEADER,
+    read_concept_calibration,
+)
 from mnist_serving import metrics
-from mnist_serving.client import TRAFFIC_HEADER
 from mnist_serving.request_log import RequestLog
 from mnist_serving.validation import InvalidImages, to_model_input
-
-OUTPUT_TYPES = {"class_ids": "INT64", "probabilities": "FP32", "concept_score": "FP32", "is_ood": "BOOL"}
-OUTPUT_SHAPES = {"class_ids": [-1], "probabilities": [-1, 10], "concept_score": [-1], "is_ood": [-1]}
 
 
 class MnistPredictor(Model):
@@ -86,8 +93,8 @@ class MnistPredictor(Model):
             metrics.REQUESTS.labels(protocol, "invalid").inc()
             raise InvalidInput(str(exc)) from None
         result = self.score(batch)
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex
-        if self.request_log is not None and headers.get(TRAFFIC_HEADER) != "test":
+        request_id = headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        if self.request_log is not None and headers.get(TRAFFIC_HEADER) != TEST_TRAFFIC:
             self.request_log.record(
                 request_id,
                 self.version,

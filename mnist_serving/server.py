@@ -13,6 +13,7 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import RESTServer
 
+from mnist_ml.model_contract import MODEL_NAME
 from mnist_serving import metrics
 from mnist_serving.binary_infer import BinaryInfer
 from mnist_serving.body_limit import BodyLimit
@@ -21,7 +22,6 @@ from mnist_serving.feedback import add_feedback_route
 from mnist_serving.predictor import MnistPredictor
 from mnist_serving.request_log import FeedbackLog, RequestLog
 
-MODEL_NAME = "mnist"
 log = logging.getLogger("mnist_serving")
 
 

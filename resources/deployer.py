@@ -7,17 +7,16 @@ volume. Both offer the same methods: ``deploy``, ``current``, ``stop`` and ``cli
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from dagster import Config, ConfigurableResource
 from pydantic import Field
 
+from mnist_delivery.backend import DeployBackend, Endpoint
+from mnist_delivery.client import EndpointClient
+from mnist_delivery.local_endpoint import LocalEndpoint
 from mnist_ml.download import folder_fingerprint
-from mnist_serving.client import EndpointClient
-from mnist_serving.local_endpoint import Endpoint, LocalEndpoint
-
-Log = Callable[[str], None]
+from mnist_ml.log import Log
 
 
 class ServingSettings(Config):
@@ -75,7 +74,7 @@ class ModelDeployer(ConfigurableResource, ServingSettings):
             args += ["--log-max-file-mb", str(self.log_max_file_mb), "--log-max-files", str(self.log_max_files)]
         return tuple(args)
 
-    def _backend(self, log: Log):  # noqa: ANN202 - LocalEndpoint or KubernetesEndpoint, same methods
+    def _backend(self, log: Log) -> DeployBackend:
         if self.backend == "kubernetes":
             return self._kubernetes(log)
         return LocalEndpoint(
@@ -87,11 +86,11 @@ class ModelDeployer(ConfigurableResource, ServingSettings):
             log=log,
         )
 
-    def _kubernetes(self, log: Log):  # noqa: ANN202
+    def _kubernetes(self, log: Log) -> DeployBackend:
         from kubernetes import client as kube_client  # only the kubernetes backend needs these
         from kubernetes import config as kube_config
 
-        from mnist_serving.k8s_endpoint import KubernetesEndpoint, ServingSpec
+        from mnist_delivery.k8s_endpoint import KubernetesEndpoint, ServingSpec
 
         if self.k8s_kubeconfig:
             api = kube_config.new_client_from_config(config_file=self.k8s_kubeconfig)

@@ -14,7 +14,7 @@ from k8s_emulator import SimulatedDeploymentController, running_emulator
 from kubernetes import client
 
 from mnist_assets.assets import model_deployment
-from mnist_serving.local_endpoint import DeployError
+from mnist_delivery.backend import DeployError
 from resources import ModelDeployer, ModelRegistry
 
 NAMESPACE = "mnist"

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import requests
 
-from mnist_serving.local_endpoint import DeployError, LocalEndpoint, _alive
+from mnist_delivery.backend import DeployError
+from mnist_delivery.local_endpoint import LocalEndpoint, _alive
 
 IMAGE = {"instances": np.zeros((1, 784), np.uint8).tolist()}
 

@@ -29,7 +29,7 @@ from PIL import Image
 
 from mnist_assets.assets import production_labels, production_monitoring
 from mnist_assets.sensors import drift_sensor, failure_alert, new_data_sensor
-from mnist_serving.client import EndpointClient
+from mnist_delivery.client import EndpointClient
 from resources import AlertWebhook, DataStore, ModelDeployer
 
 GRAY = np.full((1, 28, 28), 128, np.uint8)  # the tiny autoencoder reconstructs it well

@@ -13,8 +13,8 @@ from quick_config import quick_run_config
 
 from mnist_assets.assets import deployment_test_results, model_deployment, uploaded_model
 from mnist_assets.definitions import defs
+from mnist_delivery.local_endpoint import LocalEndpoint
 from mnist_ml.registry import FileModelRepository
-from mnist_serving.local_endpoint import LocalEndpoint
 from resources import DataStore, ModelDeployer, ModelRegistry
 
 

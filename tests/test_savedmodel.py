@@ -7,12 +7,12 @@ import tensorflow as tf
 
 from mnist_ml.classifier import build_classifier
 from mnist_ml.concept import build_autoencoder
-from mnist_ml.model_contract import read_concept_calibration
+from mnist_ml.model_contract import CLASSIFIER_OUTPUTS, CONCEPT_OUTPUTS, INPUT_NAME, SIGNATURE, read_concept_calibration
 from mnist_ml.savedmodel import LoadedModel, export_classifier, export_concept_model, write_concept_calibration
 
 
 def _signature(path):
-    return tf.saved_model.load(str(path)).signatures["serving_default"]
+    return tf.saved_model.load(str(path)).signatures[SIGNATURE]
 
 
 def test_classifier_signature_and_outputs(tmp_path):
@@ -20,9 +20,9 @@ def test_classifier_signature_and_outputs(tmp_path):
     export_classifier(model, tmp_path / "clf")
     signature = _signature(tmp_path / "clf")
     (spec,) = signature.structured_input_signature[1].values()
-    assert list(signature.structured_input_signature[1]) == ["imgs"]
+    assert list(signature.structured_input_signature[1]) == [INPUT_NAME]
     assert spec.dtype == tf.float32 and spec.shape.as_list() == [None, 28, 28]
-    assert set(signature.structured_outputs) == {"class_ids", "probabilities"}
+    assert set(signature.structured_outputs) == set(CLASSIFIER_OUTPUTS)
 
     imgs = np.random.default_rng(0).random((5, 28, 28), dtype=np.float32)
     out = LoadedModel(tmp_path / "clf")(imgs)
@@ -49,4 +49,4 @@ def test_concept_score_is_reconstruction_mse_and_threshold_ships_inside(tmp_path
     expected = np.mean((model(imgs).numpy() - imgs) ** 2, axis=(1, 2))
     np.testing.assert_allclose(score, expected, rtol=1e-5)
     assert read_concept_calibration(tmp_path / "concept")["threshold"] == 0.05
-    assert list(_signature(tmp_path / "concept").structured_outputs) == ["score"]
+    assert list(_signature(tmp_path / "concept").structured_outputs) == list(CONCEPT_OUTPUTS)

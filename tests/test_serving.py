@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import requests
 
-from mnist_serving.client import binary_request
-from mnist_serving.local_endpoint import LocalEndpoint
+from mnist_delivery.client import binary_request
+from mnist_delivery.local_endpoint import LocalEndpoint
+from mnist_ml.datasets import to_unit_float
+from mnist_ml.model_contract import INPUT_NAME, OUTPUT_TYPES, REQUEST_ID_HEADER, TEST_TRAFFIC, TRAFFIC_HEADER
 from mnist_serving.request_log import read_feedback, read_predictions
 
 MAX_BATCH = 64
@@ -53,7 +55,7 @@ def _binary(endpoint, images: np.ndarray, datatype: str = "UINT8", size: int | N
     header = {
         "inputs": [
             {
-                "name": "imgs",
+                "name": INPUT_NAME,
                 "datatype": datatype,
                 "shape": list(images.shape),
                 "parameters": {"binary_data_size": images.nbytes if size is None else size},
@@ -78,8 +80,8 @@ def test_health_metadata_and_startup_log(endpoint):
     assert requests.get(f"{endpoint.url}/v2/health/live", timeout=5).json() == {"live": True}
     assert requests.get(f"{endpoint.url}/v2/health/ready", timeout=5).json() == {"ready": True}
     meta = requests.get(f"{endpoint.url}/v2/models/mnist", timeout=5).json()
-    assert meta["inputs"] == [{"name": "imgs", "datatype": "FP32", "shape": [-1, 28, 28]}]
-    assert [o["name"] for o in meta["outputs"]] == ["class_ids", "probabilities", "concept_score", "is_ood"]
+    assert meta["inputs"] == [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 28, 28]}]
+    assert [o["name"] for o in meta["outputs"]] == list(OUTPUT_TYPES)
     log = Path(endpoint.log_file).read_text()
     assert log.count(f"serving mnist version {endpoint.version} from") == 1
     assert "http://127.0.0.1:" in log
@@ -88,11 +90,11 @@ def test_health_metadata_and_startup_log(endpoint):
 def test_v2_json_binary_and_v1_agree(endpoint):
     images = _images(5)
     v2 = _outputs(
-        _v2(endpoint, {"name": "imgs", "shape": [5, 28, 28], "datatype": "UINT8", "data": images.ravel().tolist()})
+        _v2(endpoint, {"name": INPUT_NAME, "shape": [5, 28, 28], "datatype": "UINT8", "data": images.ravel().tolist()})
     )
-    floats = (images / 255).astype(np.float32)
+    floats = to_unit_float(images)
     v2_float = _outputs(
-        _v2(endpoint, {"name": "imgs", "shape": [5, 784], "datatype": "FP32", "data": floats.ravel().tolist()})
+        _v2(endpoint, {"name": INPUT_NAME, "shape": [5, 784], "datatype": "FP32", "data": floats.ravel().tolist()})
     )
     binary = _outputs(_binary(endpoint, images))
     v1 = requests.post(f"{endpoint.url}/v1/models/mnist:predict", json={"instances": floats.tolist()}, timeout=10)
@@ -106,7 +108,7 @@ def test_v2_json_binary_and_v1_agree(endpoint):
         np.testing.assert_allclose(other["concept_score"], v2["concept_score"], rtol=1e-5)
     assert [p["class_id"] for p in predictions] == v2["class_ids"]
     np.testing.assert_allclose([p["concept_score"] for p in predictions], v2["concept_score"], rtol=1e-5)
-    threshold = _v2(endpoint, {"name": "imgs", "shape": [1, 784], "datatype": "UINT8", "data": [0] * 784}).json()
+    threshold = _v2(endpoint, {"name": INPUT_NAME, "shape": [1, 784], "datatype": "UINT8", "data": [0] * 784}).json()
     assert threshold["parameters"]["threshold"] == pytest.approx(0.2)
     assert v2["is_ood"] == [s > 0.2 for s in v2["concept_score"]]
 
@@ -137,7 +139,7 @@ def test_bad_v2_and_raw_requests_get_4xx(endpoint):
     cases = {
         "not json": requests.post(url, data=b"{nope", timeout=10),
         "data/shape mismatch": _v2(
-            endpoint, {"name": "imgs", "shape": [2, 28, 28], "datatype": "UINT8", "data": [1, 2]}
+            endpoint, {"name": INPUT_NAME, "shape": [2, 28, 28], "datatype": "UINT8", "data": [1, 2]}
         ),
         "two inputs": requests.post(
             url, json={"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}] * 2}, timeout=10
@@ -194,7 +196,7 @@ def test_predictions_are_logged_except_test_traffic(endpoint):
     response = requests.post(
         f"{endpoint.url}/v1/models/mnist:predict",
         json={"instances": images.reshape(3, 784).tolist()},
-        headers={"x-request-id": "logged-1"},
+        headers={REQUEST_ID_HEADER: "logged-1"},
         timeout=10,
     )
     assert response.json()["request_id"] == "logged-1"
@@ -209,7 +211,10 @@ def test_predictions_are_logged_except_test_traffic(endpoint):
 
     binary = requests.post(
         f"{endpoint.url}/v2/models/mnist/infer",
-        **{**binary_request(_images(2)), "headers": {**binary_request(_images(2))["headers"], "x-request-id": "bin-1"}},
+        **{
+            **binary_request(_images(2)),
+            "headers": {**binary_request(_images(2))["headers"], REQUEST_ID_HEADER: "bin-1"},
+        },
         timeout=10,
     )
     assert binary.json()["id"] == "bin-1" and len(_wait_for_log(log_dir, "bin-1")) == 2
@@ -217,7 +222,7 @@ def test_predictions_are_logged_except_test_traffic(endpoint):
     requests.post(
         f"{endpoint.url}/v1/models/mnist:predict",
         json={"instances": images.reshape(3, 784).tolist()},
-        headers={"x-request-id": "test-traffic", "x-mnist-traffic": "test"},
+        headers={REQUEST_ID_HEADER: "test-traffic", TRAFFIC_HEADER: TEST_TRAFFIC},
         timeout=10,
     )
     assert _wait_for_log(log_dir, "test-traffic", timeout=1.5) == []

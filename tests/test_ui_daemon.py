@@ -20,8 +20,8 @@ from instance_config import deployed_storage
 from quick_config import DRIFT_ON_OOD, quick_run_config
 from stack import DagsterStack
 
-from mnist_serving.client import EndpointClient
-from mnist_serving.local_endpoint import LocalEndpoint
+from mnist_delivery.client import EndpointClient
+from mnist_delivery.local_endpoint import LocalEndpoint
 from resources import DataStore
 
 

@@ -8,13 +8,13 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from mnist_assets import metadata
 from mnist_assets.config import MnistDataConfig, NotMnistDataConfig
+from mnist_delivery.traffic import relabelled_inputs
 from mnist_ml import plots
 from mnist_ml.datasets import DIGITS, MNIST_FILES, NOTMNIST_ARCHIVE, class_counts, load_mnist
 from mnist_ml.download import FetchResult
 from mnist_ml.idx import validate_idx
 from mnist_ml.image_folder import load_image_folder
 from mnist_ml.notmnist import LETTERS, load_notmnist, safe_extract, validate_archive
-from mnist_serving.traffic import relabelled_inputs
 from resources import DataStore, ModelDeployer
 
 OWNERS = ["team:mlops"]

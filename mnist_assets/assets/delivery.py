@@ -11,17 +11,26 @@ from mnist_assets.assets.models import CLASSIFIER_DIR, CONCEPT_DIR, OWNERS, mnis
 from mnist_assets.checks import DEPLOYMENT_CHECKS, DEPLOYMENT_GATES, deployment_checks
 from mnist_assets.config import DeploymentTestConfig
 from mnist_assets.k8s import DELIVERY_POD
+from mnist_delivery.acceptance import run_acceptance
 from mnist_ml import plots
-from mnist_ml.model_contract import CLASSIFIER, CONCEPT_MODEL, INPUT_NAME, SIGNATURE
+from mnist_ml.model_contract import (
+    CLASSIFIER,
+    CLASSIFIER_OUTPUTS,
+    CONCEPT_MODEL,
+    CONCEPT_OUTPUTS,
+    CONCEPT_SIDECAR,
+    INPUT_NAME,
+    SIGNATURE,
+    TEST_TRAFFIC,
+)
 from mnist_ml.registry import FileModelRepository, ModelVersion, RegistryError
-from mnist_serving.acceptance import run_acceptance
 from resources import DataStore, ModelDeployer, ModelRegistry
 
 SIGNATURES = {
     "signature": SIGNATURE,
     "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None, 28, 28], "range": [0, 1]},
-    CLASSIFIER: {"outputs": ["class_ids", "probabilities"]},
-    CONCEPT_MODEL: {"outputs": ["score"], "threshold": "assets.extra/concept.json"},
+    CLASSIFIER: {"outputs": list(CLASSIFIER_OUTPUTS)},
+    CONCEPT_MODEL: {"outputs": list(CONCEPT_OUTPUTS), "threshold": str(CONCEPT_SIDECAR)},
 }
 
 
@@ -136,7 +145,7 @@ def deployment_test_results(
     version = repository.get(int(endpoint.version))
     noisy = version.manifest["training"][CONCEPT_MODEL]["config"]
     report = run_acceptance(
-        deployer.client(endpoint, traffic="test"),
+        deployer.client(endpoint, traffic=TEST_TRAFFIC),
         data_store.load_arrays("mnist"),
         data_store.load_arrays("notmnist")["x"],
         noise_amplitude=noisy["noise_amplitude"],

@@ -9,10 +9,10 @@ from mnist_assets import metadata
 from mnist_assets.assets.delivery import model_deployment
 from mnist_assets.assets.models import OWNERS
 from mnist_assets.config import MonitoringConfig
+from mnist_delivery.traffic import window_traffic
 from mnist_ml import plots
 from mnist_ml.datasets import class_counts
 from mnist_ml.drift import drift_reasons
-from mnist_serving.traffic import window_traffic
 from resources import DataStore, ModelDeployer
 
 

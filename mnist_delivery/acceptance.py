@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mnist_ml.evaluation import add_uniform_noise, confusion_matrix
-from mnist_serving.client import EndpointClient
-
-Log = Callable[[str], None]
+from mnist_delivery.client import EndpointClient
+from mnist_ml.datasets import to_unit_float
+from mnist_ml.evaluation import add_uniform_noise, confusion_matrix, per_class_accuracy
+from mnist_ml.log import Log
+from mnist_ml.model_contract import INPUT_NAME, MODEL_NAME
 
 
 @dataclass(frozen=True)
@@ -24,13 +24,15 @@ class Malformed:
     headers: dict[str, str]
 
 
-def malformed_requests(model: str = "mnist") -> list[Malformed]:
+def malformed_requests(model: str = MODEL_NAME) -> list[Malformed]:
     """Requests a client might get wrong; each must be answered with a 4xx, not a crash."""
     v1, v2 = f"/v1/models/{model}:predict", f"/v2/models/{model}/infer"
     as_json = {"Content-Type": "application/json"}
 
     def v2_tensor(shape: list[int], datatype: str, data: list) -> bytes:
-        return json.dumps({"inputs": [{"name": "imgs", "shape": shape, "datatype": datatype, "data": data}]}).encode()
+        return json.dumps(
+            {"inputs": [{"name": INPUT_NAME, "shape": shape, "datatype": datatype, "data": data}]}
+        ).encode()
 
     return [
         Malformed("not JSON", v2, b"{not json", as_json),
@@ -99,7 +101,7 @@ def run_acceptance(
     matrix = confusion_matrix(y_test, clean["class_ids"])
     log(f"MNIST test through the endpoint: accuracy {np.trace(matrix) / matrix.sum():.4f}")
     letters = client.predict(notmnist)
-    noisy_images = add_uniform_noise(x_test.astype(np.float32) / 255, noise_amplitude, seed)
+    noisy_images = add_uniform_noise(to_unit_float(x_test), noise_amplitude, seed)
     noisy = client.predict(noisy_images)
     milliseconds = single_image_latencies(client, x_test, latency_requests) * 1000
     cases = malformed_requests(client.model)
@@ -108,7 +110,7 @@ def run_acceptance(
         version=client.served_version(),
         images=len(x_test) + len(notmnist) + len(noisy_images),
         accuracy=float(np.trace(matrix) / matrix.sum()),
-        per_class_accuracy=(np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)).tolist(),
+        per_class_accuracy=per_class_accuracy(matrix).tolist(),
         clean_flag_rate=float(np.mean(clean["is_ood"])),
         notmnist_flag_rate=float(np.mean(letters["is_ood"])),
         noisy_flag_rate=float(np.mean(noisy["is_ood"])),

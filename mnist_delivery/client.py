@@ -7,15 +7,16 @@ import json
 import numpy as np
 import requests
 
+from mnist_ml.model_contract import INPUT_NAME, MODEL_NAME, TRAFFIC_HEADER
+
 MAX_IMAGES_PER_REQUEST = 1000
-# Requests with this header set to "test" (deployment tests, benchmarks) are served but kept
-# out of the production request log, so they can't look like drift.
-TRAFFIC_HEADER = "x-mnist-traffic"
 
 
 class EndpointClient:
-    def __init__(self, url: str, model: str = "mnist", timeout: float = 30.0, traffic: str | None = None) -> None:
-        """``traffic="test"`` marks every request as test traffic, which the server does not log."""
+    def __init__(self, url: str, model: str = MODEL_NAME, timeout: float = 30.0, traffic: str | None = None) -> None:
+        """``traffic=TEST_TRAFFIC`` marks every request as test traffic (deployment tests,
+        benchmarks), which the server serves but keeps out of the production request log,
+        so it can't look like drift."""
         self.url, self.model, self.timeout = url.rstrip("/"), model, timeout
         self.session = requests.Session()
         if traffic:
@@ -47,7 +48,12 @@ class EndpointClient:
     def predict_json(self, images: np.ndarray) -> requests.Response:
         """One plain v2 JSON request, as most clients send it."""
         datatype = "UINT8" if images.dtype == np.uint8 else "FP32"
-        tensor = {"name": "imgs", "shape": list(images.shape), "datatype": datatype, "data": images.ravel().tolist()}
+        tensor = {
+            "name": INPUT_NAME,
+            "shape": list(images.shape),
+            "datatype": datatype,
+            "data": images.ravel().tolist(),
+        }
         return self.session.post(self.infer_url, json={"inputs": [tensor]}, timeout=self.timeout)
 
     def _predict_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -61,7 +67,7 @@ def binary_request(images: np.ndarray) -> dict:
     """``requests`` keyword arguments for a v2 binary-tensor request (header JSON, then bytes)."""
     datatype = "UINT8" if images.dtype == np.uint8 else "FP32"
     data = np.ascontiguousarray(images, dtype=np.uint8 if datatype == "UINT8" else np.float32).tobytes()
-    tensor = {"name": "imgs", "datatype": datatype, "shape": list(images.shape)}
+    tensor = {"name": INPUT_NAME, "datatype": datatype, "shape": list(images.shape)}
     header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(data)}}]}).encode()
     return {
         "data": header + data,

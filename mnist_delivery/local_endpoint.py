@@ -17,33 +17,16 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
 
+from mnist_delivery.backend import DeployError, Endpoint
+from mnist_ml.atomic import write_text_atomic
+from mnist_ml.log import Log
 from mnist_serving.sockets import bind_listener, take_listener
-
-Log = Callable[[str], None]
-
-
-class DeployError(RuntimeError):
-    """The endpoint could not be (re)deployed; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    url: str
-    host: str
-    port: int
-    pid: int
-    version: str
-    model_dir: str
-    handoff_socket: str
-    log_file: str
-    started_at: str
 
 
 def _alive(pid: int) -> bool:
@@ -62,7 +45,7 @@ def _alive(pid: int) -> bool:
 
 
 class LocalEndpoint:
-    """One endpoint (host, port) whose server process is managed through ``state_dir``.
+    """A ``DeployBackend``: one endpoint (host, port) whose server process is managed through ``state_dir``.
     ``port=0`` picks a free port on the first deploy and keeps it after."""
 
     def __init__(
@@ -96,8 +79,8 @@ class LocalEndpoint:
         self._clear(endpoint)
         return None
 
-    def deploy(self, model_dir: Path, version: str) -> Endpoint:
-        """Serve ``model_dir`` at this endpoint. Returns once the new server is live and
+    def deploy(self, version_dir: Path, version: str) -> Endpoint:
+        """Serve ``version_dir`` at this endpoint. Returns once the new server is live and
         the previous one (if any) has stopped."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         old = self.current()
@@ -110,7 +93,7 @@ class LocalEndpoint:
         probe = bind_listener("127.0.0.1", 0)
         port, probe_port = listener.getsockname()[1], probe.getsockname()[1]
         try:
-            endpoint, process = self._start(Path(model_dir), version, port, listener, probe)
+            endpoint, process = self._start(Path(version_dir), version, port, listener, probe)
         finally:  # the server holds its own copies now
             listener.close()
             probe.close()
@@ -222,9 +205,7 @@ class LocalEndpoint:
             time.sleep(0.05)
 
     def _write(self, endpoint: Endpoint) -> None:
-        tmp = self.state_file.with_name(f".{self.state_file.name}.{uuid.uuid4().hex}")
-        tmp.write_text(json.dumps(asdict(endpoint), indent=2))
-        os.replace(tmp, self.state_file)
+        write_text_atomic(self.state_file, json.dumps(asdict(endpoint), indent=2))
 
     def _clear(self, endpoint: Endpoint) -> None:
         self.state_file.unlink(missing_ok=True)
@@ -242,10 +223,10 @@ def _tail(path: str, lines: int = 15) -> str:
 
 
 def main() -> None:
-    """``python -m mnist_serving.local_endpoint status|stop [--state-dir var/serving]``"""
+    """``python -m mnist_delivery.local_endpoint status|stop [--state-dir var/serving]``"""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m mnist_serving.local_endpoint", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mnist_delivery.local_endpoint", description=main.__doc__)
     parser.add_argument("action", choices=["status", "stop"])
     parser.add_argument("--state-dir", type=Path, default=Path("var/serving"))
     args = parser.parse_args()
