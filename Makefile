@@ -14,7 +14,7 @@ MIRROR_URL := file://$(abspath $(MIRROR))
 MIRROR_ARGS := -c var/local_mirror.yaml
 endif
 
-.PHONY: install run stop status test lint bench dev clean k8s-manifests
+.PHONY: install run stop status test test-fast lint bench dev clean k8s-manifests
 
 CONSTRAINTS := requirements/constraints.txt
 CHECKOV_VENV ?= .venv-checkov
@@ -56,6 +56,10 @@ stop: install
 
 test: install
 	$(BIN)/pytest
+
+# The fast tier: every test not marked slow (markers in pyproject.toml), in under a minute.
+test-fast: install
+	$(BIN)/pytest -m "not slow"
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -15,6 +15,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from k8s_checks import (
     DEPLOY,
@@ -31,6 +32,8 @@ from test_k8s_jobs import _step_job
 
 from mnist_assets.k8s import DELIVERY_POD, TRAINING_POD
 from mnist_delivery.k8s_endpoint import SHIPPED, deployment, pod_disruption_budget, service
+
+pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
 __all__ = ["kubeconfig"]  # a fixture
 CHECKOV = Path(os.environ.get("MNIST_CHECKOV", ROOT / ".venv-checkov" / "bin" / "checkov"))

@@ -6,11 +6,14 @@ Not covered: that the image exists or that the digest matches a build (no regist
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from k8s_checks import DEPLOY, k8s_documents, load_dagster_yaml, load_helm_values, mnist_deployment
 
 from mnist_delivery.k8s_endpoint import SHIPPED, ServingSpec
 from resources.deployer import ServingSettings
+
+pytestmark = pytest.mark.k8s
 
 
 def declared_image() -> str:

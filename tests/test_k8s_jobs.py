@@ -25,6 +25,8 @@ from mnist_assets.definitions import defs
 from mnist_assets.k8s import DELIVERY_POD, TRAINING_POD
 from mnist_delivery.k8s_endpoint import SHIPPED, deployment, pod_disruption_budget, render, service
 
+pytestmark = pytest.mark.k8s
+
 ROOT = Path(__file__).resolve().parents[1]
 __all__ = ["kubeconfig"]  # a fixture
 

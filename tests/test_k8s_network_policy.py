@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import pytest
 from k8s_checks import NAMESPACE, k8s_documents
 
+pytestmark = pytest.mark.k8s
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -193,6 +195,7 @@ def test_dns_only_for_dagster_pods():
     assert not allowed("run", "kube-dns", 5353, "UDP")
 
 
+@pytest.mark.slow  # about 6 s: every destination and port through the evaluator
 def test_serving_may_send_nothing_at_all():
     for destination in PODS:
         for port in (53, 80, 443, 4000, 5432, 6443, 8080):

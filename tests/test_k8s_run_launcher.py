@@ -54,6 +54,8 @@ from instance_config import deployed_home, deployed_instance, environment
 from k8s_emulator import PodRun, RunningEmulator, SimulatedNode, running_emulator
 from postgres_server import PASSWORD, Postgres
 
+pytestmark = [pytest.mark.k8s, pytest.mark.e2e, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LOCATION = "mnist_assets"

@@ -27,6 +27,8 @@ from k8s_checks import (
 )
 from kubernetes.client import ApiClient
 
+pytestmark = pytest.mark.k8s
+
 __all__ = ["kubeconfig"]  # a fixture
 
 ATTEMPTS = {

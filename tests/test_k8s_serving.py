@@ -17,6 +17,8 @@ from mnist_assets.assets import model_deployment
 from mnist_delivery.backend import DeployError
 from resources import ModelDeployer, ModelRegistry
 
+pytestmark = [pytest.mark.k8s, pytest.mark.slow]
+
 NAMESPACE = "mnist"
 
 

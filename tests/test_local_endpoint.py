@@ -17,6 +17,8 @@ import requests
 from mnist_delivery.backend import DeployError
 from mnist_delivery.local_endpoint import LocalEndpoint, _alive
 
+pytestmark = pytest.mark.slow
+
 IMAGE = {"instances": np.zeros((1, 784), np.uint8).tolist()}
 
 

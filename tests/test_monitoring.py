@@ -32,6 +32,8 @@ from mnist_assets.sensors import drift_sensor, failure_alert, new_data_sensor
 from mnist_delivery.client import EndpointClient
 from resources import AlertWebhook, DataStore, ModelDeployer
 
+pytestmark = pytest.mark.slow
+
 GRAY = np.full((1, 28, 28), 128, np.uint8)  # the tiny autoencoder reconstructs it well
 BLACK = np.zeros((1, 28, 28), np.uint8)  # and this badly: flagged
 

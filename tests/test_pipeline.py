@@ -17,6 +17,8 @@ from mnist_delivery.local_endpoint import LocalEndpoint
 from mnist_ml.registry import FileModelRepository
 from resources import DataStore, ModelDeployer, ModelRegistry
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, real_mirrors):

@@ -11,9 +11,12 @@ every container, init containers included)."""
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from k8s_checks import K8S_DIR, load_helm_values
 from pod_security import RULES, restricted_violations
+
+pytestmark = pytest.mark.k8s
 
 RESTRICTED_POD = {
     "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},

@@ -38,6 +38,8 @@ from resources.dagster_storage import (
     CheckedPostgresScheduleStorage,
 )
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FAIL_FAST_S = 20  # a bound for "at once": connect timeout 5 s, plus Python and Dagster imports

@@ -18,6 +18,8 @@ from mnist_ml.datasets import to_unit_float
 from mnist_ml.model_contract import INPUT_NAME, OUTPUT_TYPES, REQUEST_ID_HEADER, TEST_TRAFFIC, TRAFFIC_HEADER
 from mnist_serving.request_log import read_feedback, read_predictions
 
+pytestmark = pytest.mark.slow
+
 MAX_BATCH = 64
 MAX_BODY = 256 * 1024
 

@@ -22,6 +22,8 @@ from mnist_ml.model_contract import read_concept_calibration
 from mnist_ml.savedmodel import LoadedModel
 from resources import DataStore, ModelDeployer
 
+pytestmark = pytest.mark.slow
+
 ASSETS = [mnist_dataset, notmnist_dataset, production_labels, mnist_classifier, mnist_concept_model]
 
 

@@ -24,6 +24,8 @@ from mnist_delivery.client import EndpointClient
 from mnist_delivery.local_endpoint import LocalEndpoint
 from resources import DataStore
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 
 @pytest.fixture
 def stack(tmp_path, real_mirrors, postgres_server):
