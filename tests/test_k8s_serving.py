@@ -1,5 +1,5 @@
 """The serving deployer's Kubernetes backend, over real HTTP against an in-memory Kubernetes
-API (kmock, tests/k8s_emulator.py) with a simulated Deployment controller. The backend is
+API (kmock, tests/k8s_emulator/) with a simulated Deployment controller. The backend is
 chosen by configuration (``serving.backend: kubernetes``), exactly as on a cluster.
 
 Not covered (no cluster here): pods actually starting, probes, the rolling update itself,
