@@ -1,7 +1,9 @@
-"""A filesystem model repository in the layout TF Serving, KServe and Triton load from:
-``<root>/<model_name>/<version>/`` with integer versions 1, 2, 3...
+"""A filesystem model repository: ``<root>/<model_name>/<version>/`` with integer versions
+1, 2, 3..., read by our model server (``python -m mnist_serving --model-dir``).
 
-One version holds every model of the project as sub-folders plus ``manifest.json``. A
+One version holds every model of the project as sub-folders plus ``manifest.json``. That
+is not the layout TF Serving or Triton load (they want one model's ``saved_model.pb``
+directly in ``<model>/<version>/``); neither was run against it here. A
 version folder appears whole or not at all (it is built under a hidden staging name, then
 renamed), is read-only once published and is never overwritten, so a server polling the
 repository can never load a half-written or altered model. What changes over time, the
