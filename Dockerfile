@@ -40,10 +40,12 @@ FROM ${PYTHON_IMAGE} AS runtime
 # MPLCONFIGDIR: matplotlib's cache goes to /tmp (an emptyDir in the pods; the root filesystem
 # is read-only there and the user has no home), instead of a fresh temp dir and a warning
 # in every process.
+# MNIST_RUN_CONFIG: the per-run choices the sensors read and pass on (resources/run_config.py).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     DAGSTER_HOME=/opt/dagster/home \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    MNIST_RUN_CONFIG=/app/run_config.yaml
 
 # User app (uid/gid 10001): no login shell, no home directory. DAGSTER_HOME belongs to it.
 RUN groupadd --system --gid 10001 app \

@@ -3,6 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# dg checks that the project's venv is the active one; this runs it as if it were.
+DG := VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg
 export DAGSTER_HOME ?= $(CURDIR)/var/dagster_home
 JOB ?= mnist_pipeline
 CONFIG ?= run_config.yaml
@@ -45,7 +47,7 @@ ifdef MIRROR
 	mkdir -p var
 	printf 'mnist:\n  mirrors: ["%s/mnist/"]\nnotmnist:\n  mirrors: ["%s/notmnist/"]\n' "$(MIRROR_URL)" "$(MIRROR_URL)" > var/local_mirror.yaml
 endif
-	$(BIN)/dagster job execute -m mnist_assets.definitions -j $(JOB) -c $(CONFIG) $(MIRROR_ARGS)
+	$(DG) launch --job $(JOB) -c $(CONFIG) $(MIRROR_ARGS)
 
 # The endpoint keeps serving after `make run`; these show or stop it.
 status: install
@@ -70,7 +72,7 @@ bench: install
 	$(BIN)/python benchmarks/serving.py
 
 dev: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1
+	$(DG) dev --host 127.0.0.1
 
 k8s-manifests: install
 	$(BIN)/python -m mnist_delivery.k8s_endpoint > deploy/k8s/serving.yaml

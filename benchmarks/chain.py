@@ -1,6 +1,6 @@
 """Benchmark: a job end to end, as the README's main command runs it.
 
-Runs `dagster job execute` with run_config.yaml in a fresh data folder, registry and
+Runs `dg launch` (as `make run`) with run_config.yaml in a fresh data folder, registry and
 DAGSTER_HOME (downloads from the mirror included, installs warm), samples the whole
 process tree's memory, and reports each step's time and share of the wall time.
 
@@ -27,6 +27,9 @@ from report import publish, table
 from mnist_delivery.local_endpoint import LocalEndpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from quick_config import quick_environment  # noqa: E402
+
 MODEL_TARGETS = {
     "classifier_test_accuracy": (0.98, "min"),
     "concept_roc_auc": (0.995, "min"),
@@ -59,18 +62,15 @@ def run_job(
     home = work / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(instance)
-    override = {
-        "data_store": {"root": str(work / "data")},
-        "registry": {"root": str(work / "models")},
-        "serving": {"port": 0, "state_dir": str(work / "serving")},
-    }
+    override = {}
     if mirror:
         url = mirror.resolve().as_uri()
         override |= {"mnist": {"mirrors": [f"{url}/mnist/"]}, "notmnist": {"mirrors": [f"{url}/notmnist/"]}}
     (work / "override.yaml").write_text(json.dumps(override))
-    command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "mnist_assets.definitions", "-j", job]
+    command = [str(Path(sys.executable).parent / "dg"), "launch", "--job", job]  # as `make run`
     command += ["-c", str(ROOT / "run_config.yaml"), "-c", str(work / "override.yaml")]
-    env = {**os.environ, **(env or {}), "DAGSTER_HOME": str(home)}
+    venv = str(Path(sys.executable).parents[1])  # dg wants its project's venv active
+    env = {**os.environ, **quick_environment(work), **(env or {}), "DAGSTER_HOME": str(home), "VIRTUAL_ENV": venv}
     with (work / "run.log").open("w") as log:
         start = time.perf_counter()
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

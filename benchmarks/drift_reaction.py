@@ -24,7 +24,7 @@ from report import publish, table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from quick_config import DRIFT_ON_OOD, quick_run_config  # noqa: E402
+from quick_config import DRIFT_ON_OOD, quick_environment, quick_run_config  # noqa: E402
 from stack import DagsterStack  # noqa: E402
 
 from mnist_delivery.client import EndpointClient  # noqa: E402
@@ -41,10 +41,11 @@ def main() -> None:
     url = args.mirror.resolve().as_uri()
     with tempfile.TemporaryDirectory(prefix="bench-drift-") as tmp:
         work = Path(tmp)
-        config = quick_run_config(work, [f"{url}/mnist/"], [f"{url}/notmnist/"])
+        config = quick_run_config([f"{url}/mnist/"], [f"{url}/notmnist/"])
         config["monitoring"] = DRIFT_ON_OOD
         (work / "run_config.yaml").write_text(yaml.safe_dump(config))
         env = {
+            **quick_environment(work),
             "MNIST_RUN_CONFIG": str(work / "run_config.yaml"),
             "MNIST_DRIFT_SENSOR_INTERVAL_S": str(args.interval),
             "MNIST_NEW_DATA_SENSOR_INTERVAL_S": "3600",
@@ -52,8 +53,8 @@ def main() -> None:
         home = work / "dagster_home"
         home.mkdir()
         (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "mnist_assets.definitions"]
-        command += ["-j", "mnist_pipeline", "-c", str(work / "run_config.yaml")]
+        command = [str(Path(sys.executable).parent / "dg"), "launch", "--job", "mnist_pipeline"]
+        command += ["-c", str(work / "run_config.yaml")]
         subprocess.run(
             command,
             cwd=ROOT,

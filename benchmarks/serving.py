@@ -30,6 +30,7 @@ from mnist_delivery.client import EndpointClient, binary_request
 from mnist_delivery.local_endpoint import LocalEndpoint
 from mnist_ml.model_contract import INPUT_NAME
 from mnist_ml.registry import FileModelRepository
+from mnist_serving.options import ServerOptions
 from mnist_serving.sockets import bind_listener
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,9 +140,9 @@ def main() -> None:
         with bind_listener("127.0.0.1", 0) as probe:
             hello_port = probe.getsockname()[1]
         hello = start_hello(hello_port, work / "hello.log")
-        plain = LocalEndpoint(work / "serving", port=0)
+        plain = LocalEndpoint(work / "serving", port=0, options=ServerOptions(request_log=False))
         # The same server with the request log on, as deployed by default; it takes over the socket.
-        logged = LocalEndpoint(work / "serving", port=0, server_args=("--request-log", str(work / "requests")))
+        logged = LocalEndpoint(work / "serving", port=0, request_log=work / "requests")
         try:
             rounds = {"off": [], "on": []}
             for _ in range(2):  # alternate, so drift in the machine's speed hits both alike

@@ -70,7 +70,7 @@ def main() -> None:
         listener = bind_listener("127.0.0.1", 0)
         port = listener.getsockname()[1]
         command = [sys.executable, "-m", "mnist_serving", "--model-dir", str(model_dir), "--fd", str(listener.fileno())]
-        command += ["--request-log", str(Path(tmp) / "requests")]
+        command += ["--request-log-dir", str(Path(tmp) / "requests")]
         server = subprocess.Popen(command, pass_fds=[listener.fileno()], cwd=ROOT)
         listener.close()
         try:

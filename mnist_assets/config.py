@@ -1,9 +1,11 @@
-"""Every stage's parameters, as Dagster ``Config`` classes.
+"""Every stage's per-run choices, as Dagster ``Config`` classes.
 
 ``PipelineConfig`` gathers them into the one run-config file (``run_config.yaml``) that
 jobs map onto their assets. Because that mapping runs when a run is created, an unknown
 field or a bad value (a negative learning rate) fails before any step starts, with an
-error naming the field."""
+error naming the field. Where things live and run (folders, the serving backend and
+address, the cluster) is not here: those are the resources' settings, from environment
+variables (``resources.environment``)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ from dagster import Config
 from pydantic import Field
 
 from mnist_ml.hyperparams import ARCHITECTURES, FitParams
-from resources import DataStoreSettings, RegistrySettings, ServingSettings
 
 MNIST_MIRRORS = [
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -109,11 +110,8 @@ class KubernetesStepsConfig(Config):
 
 
 class PipelineConfig(Config):
-    """The whole chain's parameters, in one place."""
+    """The whole chain's per-run choices, in one place."""
 
-    data_store: DataStoreSettings = DataStoreSettings()
-    registry: RegistrySettings = RegistrySettings()
-    serving: ServingSettings = ServingSettings()
     mnist: MnistDataConfig = MnistDataConfig()
     notmnist: NotMnistDataConfig = NotMnistDataConfig()
     classifier: ClassifierConfig = ClassifierConfig()

@@ -1,19 +1,24 @@
-"""The code location: ``dagster dev -w workspace.yaml`` or ``-m mnist_assets.definitions``."""
+"""The code location: ``dagster dev -w workspace.yaml`` or ``-m mnist_assets.definitions``.
+
+Resources are built here, once, from the environment (``resources.environment``): the runs
+and the sensors use these same objects."""
 
 from dagster import Definitions
 
 from mnist_assets.jobs import ALL_ASSETS, mnist_pipeline, mnist_pipeline_k8s, mnist_training, monitoring
 from mnist_assets.sensors import drift_sensor, failure_alert, new_data_sensor
-from resources import AlertWebhook, DataStore, ModelDeployer, ModelRegistry
+from resources import AlertWebhook, DataStore, ModelDeployer, ModelRegistry, RunConfigFile
+from resources.environment import from_environment
 
 defs = Definitions(
     assets=ALL_ASSETS,
     jobs=[mnist_pipeline, mnist_pipeline_k8s, mnist_training, monitoring],
     sensors=[drift_sensor, new_data_sensor, failure_alert],
     resources={
-        "data_store": DataStore(),
-        "registry": ModelRegistry(),
-        "deployer": ModelDeployer(),
+        "data_store": from_environment(DataStore),
+        "registry": from_environment(ModelRegistry),
+        "deployer": from_environment(ModelDeployer),
+        "run_config": from_environment(RunConfigFile),
         "alert_webhook": AlertWebhook(),
     },
 )

@@ -26,12 +26,11 @@ ASSET_SECTIONS = {
     deployment_test_results: "deployment_tests",
     production_monitoring: "monitoring",
 }
-RESOURCE_SECTIONS = {"data_store": "data_store", "registry": "registry", "deployer": "serving"}
 
 
 def pipeline_config(assets: list[AssetsDefinition], pod_per_step: bool = False) -> ConfigMapping:
-    """Spread the one config over a job's assets and the resources. It runs when a run is
-    created, so a bad value fails before any step starts."""
+    """Spread the one config over a job's assets. It runs when a run is created, so a bad
+    value fails before any step starts."""
 
     @config_mapping
     def spread(config: PipelineConfig) -> RunConfig:
@@ -42,9 +41,6 @@ def pipeline_config(assets: list[AssetsDefinition], pod_per_step: bool = False) 
                 asset.key.to_python_identifier(): getattr(config, section)
                 for asset, section in ASSET_SECTIONS.items()
                 if asset in assets
-            },
-            resources={
-                key: {"config": getattr(config, section).model_dump()} for key, section in RESOURCE_SECTIONS.items()
             },
         )
 

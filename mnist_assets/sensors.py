@@ -1,19 +1,17 @@
 """Sensors that close the loop: retrain on drift or new data, and alert on failure.
 
-Sensors get no run config, so they read the same ``run_config.yaml`` the main command
-uses (``$MNIST_RUN_CONFIG``, default ``run_config.yaml`` in the working directory): its
-``monitoring`` section sets the drift thresholds, and the whole file becomes the run
-config of the runs they request. Their state lives in Dagster cursors, so a daemon
-restart neither repeats nor loses work."""
+Sensors get their resources as parameters, the same ones the runs use. They get no run
+config, so they read the run-config file (the ``run_config`` resource: the same
+``run_config.yaml`` the main command uses): its ``monitoring`` section sets the drift
+thresholds, and the whole file becomes the run config of the runs they request. Their
+state lives in Dagster cursors, so a daemon restart neither repeats nor loses work."""
 
 import hashlib
 import json
 import os
 import time
 from dataclasses import asdict
-from pathlib import Path
 
-import yaml
 from dagster import (
     DefaultSensorStatus,
     RunFailureSensorContext,
@@ -30,24 +28,17 @@ from mnist_assets.jobs import mnist_pipeline, mnist_pipeline_k8s
 from mnist_delivery.traffic import window_traffic
 from mnist_ml.datasets import MNIST_FILES, NOTMNIST_ARCHIVE
 from mnist_ml.drift import DriftState, drift_reasons, drift_step
-from resources import AlertWebhook, DataStore, ModelDeployer
+from resources import AlertWebhook, DataStore, ModelDeployer, RunConfigFile
 
 DRIFT_INTERVAL_S = int(os.environ.get("MNIST_DRIFT_SENSOR_INTERVAL_S", "30"))
 NEW_DATA_INTERVAL_S = int(os.environ.get("MNIST_NEW_DATA_SENSOR_INTERVAL_S", "300"))
 
 
-def load_run_config() -> tuple[dict, PipelineConfig]:
-    """The run-config file as written (for run requests) and validated."""
-    path = Path(os.environ.get("MNIST_RUN_CONFIG", "run_config.yaml"))
-    raw = yaml.safe_load(path.read_text()) or {}
-    return raw, PipelineConfig.model_validate(raw)
-
-
-def retraining_job(config: PipelineConfig) -> str:
+def retraining_job(deployer: ModelDeployer) -> str:
     """The job a retraining run uses. On Kubernetes it is mnist_pipeline_k8s, a pod per step,
     so that only the delivery steps run as the service account allowed to deploy
     (deploy/k8s/rbac.yaml); mnist_pipeline would deploy from the run pod, which may not."""
-    return mnist_pipeline_k8s.name if config.serving.backend == "kubernetes" else mnist_pipeline.name
+    return mnist_pipeline_k8s.name if deployer.backend == "kubernetes" else mnist_pipeline.name
 
 
 @sensor(
@@ -58,15 +49,17 @@ def retraining_job(config: PipelineConfig) -> str:
     "out-of-distribution rate or the predicted-class PSI crosses its bound (with a minimum volume "
     "and a cooldown).",
 )
-def drift_sensor(context: SensorEvaluationContext):
-    raw, config = load_run_config()
-    store = DataStore(**config.data_store.model_dump())
-    if not store.path("processed", "mnist.npz").exists():
+def drift_sensor(
+    context: SensorEvaluationContext, data_store: DataStore, deployer: ModelDeployer, run_config: RunConfigFile
+):
+    raw = run_config.load()
+    monitoring = PipelineConfig.model_validate(raw).monitoring
+    if not data_store.path("processed", "mnist.npz").exists():
         return SkipReason("no training data yet: materialize mnist_dataset first")
-    monitoring, now = config.monitoring, time.time()
+    now = time.time()
     summary = window_traffic(
-        ModelDeployer(**config.serving.model_dump()).request_log_dir,
-        training_class_counts(store),
+        deployer.request_log_dir,
+        training_class_counts(data_store),
         monitoring.window_minutes * 60,
         now,
         monitoring.buckets,
@@ -80,7 +73,7 @@ def drift_sensor(context: SensorEvaluationContext):
         return SkipReason(f"{action}: {numbers}")
     context.log.info(f"drift ({'; '.join(reasons)}): requesting a retraining run")
     return RunRequest(
-        job_name=retraining_job(config),
+        job_name=retraining_job(deployer),
         run_key=f"drift-{state.episode:.0f}",
         run_config=raw,
         tags={
@@ -93,17 +86,18 @@ def drift_sensor(context: SensorEvaluationContext):
     )
 
 
-def data_fingerprints(config: PipelineConfig, previous: dict[str, str]) -> dict[str, str]:
+def data_fingerprints(
+    config: PipelineConfig, data_store: DataStore, deployer: ModelDeployer, previous: dict[str, str]
+) -> dict[str, str]:
     """What says the data changed: each file at the first mirror that answers, the incoming
     folder, and the feedback log. An unreachable mirror keeps its previous fingerprint."""
-    store = DataStore(**config.data_store.model_dump())
     sources = {name: config.mnist for name in MNIST_FILES} | {NOTMNIST_ARCHIVE: config.notmnist}
     found = {}
     for name, data in sources.items():
-        token = store.mirror_fingerprint(name, data.mirrors, data.timeout_s)
+        token = data_store.mirror_fingerprint(name, data.mirrors, data.timeout_s)
         found[name] = token or previous.get(name, "unreachable")
-    found["incoming"] = store.incoming_fingerprint()
-    found["feedback"] = ModelDeployer(**config.serving.model_dump()).feedback_fingerprint()
+    found["incoming"] = data_store.incoming_fingerprint()
+    found["feedback"] = deployer.feedback_fingerprint()
     return found
 
 
@@ -114,10 +108,12 @@ def data_fingerprints(config: PipelineConfig, previous: dict[str, str]) -> dict[
     description="Reruns the datasets and everything downstream when a mirror's files change, labelled "
     "digits land in the data store's incoming/ folder, or labels arrive through the feedback route.",
 )
-def new_data_sensor(context: SensorEvaluationContext):
-    raw, config = load_run_config()
+def new_data_sensor(
+    context: SensorEvaluationContext, data_store: DataStore, deployer: ModelDeployer, run_config: RunConfigFile
+):
+    raw = run_config.load()
     previous = json.loads(context.cursor) if context.cursor else None
-    current = data_fingerprints(config, previous or {})
+    current = data_fingerprints(PipelineConfig.model_validate(raw), data_store, deployer, previous or {})
     context.update_cursor(json.dumps(current, sort_keys=True))
     if previous is None:
         return SkipReason("recorded the first fingerprints of the data; changes from now on trigger a run")
@@ -126,7 +122,7 @@ def new_data_sensor(context: SensorEvaluationContext):
         return SkipReason("no change in the mirrors, incoming/ or the feedback log")
     digest = hashlib.sha256(json.dumps(current, sort_keys=True).encode()).hexdigest()[:16]
     return RunRequest(
-        job_name=retraining_job(config),
+        job_name=retraining_job(deployer),
         run_key=f"new-data-{digest}",
         run_config=raw,
         tags={"mnist/trigger": "new-data", "mnist/changed": ", ".join(changed)},

@@ -8,16 +8,23 @@ import numpy as np
 import requests
 
 from mnist_ml.model_contract import INPUT_NAME, MODEL_NAME, TRAFFIC_HEADER
-
-MAX_IMAGES_PER_REQUEST = 1000
+from mnist_serving.options import ServerOptions
 
 
 class EndpointClient:
-    def __init__(self, url: str, model: str = MODEL_NAME, timeout: float = 30.0, traffic: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        model: str = MODEL_NAME,
+        timeout: float = 30.0,
+        traffic: str | None = None,
+        max_batch: int = ServerOptions().max_batch,
+    ) -> None:
         """``traffic=TEST_TRAFFIC`` marks every request as test traffic (deployment tests,
         benchmarks), which the server serves but keeps out of the production request log,
-        so it can't look like drift."""
-        self.url, self.model, self.timeout = url.rstrip("/"), model, timeout
+        so it can't look like drift. ``predict`` sends at most ``max_batch`` images per
+        request: the server's limit."""
+        self.url, self.model, self.timeout, self.max_batch = url.rstrip("/"), model, timeout, max_batch
         self.session = requests.Session()
         if traffic:
             self.session.headers[TRAFFIC_HEADER] = traffic
@@ -37,7 +44,7 @@ class EndpointClient:
 
     def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Outputs for uint8 (or float [0, 1]) images, sent as v2 binary tensors in batches."""
-        step = MAX_IMAGES_PER_REQUEST
+        step = self.max_batch
         parts = [self._predict_batch(images[i : i + step]) for i in range(0, len(images), step)]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 

@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from mnist_delivery.backend import DeployError, Endpoint
 from mnist_ml.log import Log
 from mnist_ml.model_contract import MODEL_NAME
+from mnist_serving.options import DEFAULT_PORT, ServerOptions
 
 VERSION_ANNOTATION = "mnist-mlops/model-version"
 RESTRICTED = {
@@ -36,7 +37,7 @@ class ServingSpec:
     namespace: str = "mnist"
     name: str = "mnist-serving"
     image: str = "mnist-mlops:0.1.0"  # as deploy/image.env (tests/test_k8s_image.py)
-    port: int = 8080
+    port: int = DEFAULT_PORT
     replicas: int = 2
     models_claim: str = "models"
     data_claim: str = "data"
@@ -47,16 +48,17 @@ class ServingSpec:
     # float32) for 30 s, request log on, idle 772 MiB; the limit is 1.6x that peak. Measured with
     # `.venv/bin/python benchmarks/serving_memory.py --seconds 30` (2 cores, TF 2.21 CPU).
     memory: str = "1536Mi"
-    server_args: tuple[str, ...] = ()
+    options: ServerOptions = ServerOptions()
+    request_log: PurePosixPath | None = None  # the request log's folder, under data_mount
 
     @property
     def url(self) -> str:
         return f"http://{self.name}.{self.namespace}.svc.cluster.local:{self.port}"
 
-    @property
-    def request_log(self) -> PurePosixPath | None:
-        args = list(self.server_args)
-        return PurePosixPath(args[args.index("--request-log") + 1]) if "--request-log" in args else None
+    def server_args(self) -> list[str]:
+        """The server's options, and where it logs requests when it does."""
+        log = ["--request-log-dir", str(self.request_log)] if self.options.request_log and self.request_log else []
+        return [*self.options.argv(), *log]
 
 
 def _labels(spec: ServingSpec) -> dict[str, str]:
@@ -71,7 +73,7 @@ def _volumes(spec: ServingSpec) -> tuple[list[dict], list[dict]]:
         {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
     ]
     mounts = [{"name": "models", "mountPath": "/models", "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}]
-    log = spec.request_log
+    log = spec.request_log if spec.options.request_log else None
     if log is not None:
         if not log.is_relative_to(spec.data_mount):
             raise DeployError(f"the request log {log} must be under {spec.data_mount}, the data volume")
@@ -86,7 +88,7 @@ def deployment(spec: ServingSpec, model_dir: str, version: str) -> dict:
     labels = _labels(spec)
     ready = {"httpGet": {"path": f"/v2/models/{MODEL_NAME}/ready", "port": "http"}, "periodSeconds": 5}
     command = ["python", "-m", "mnist_serving", "--model-dir", model_dir, "--host", "0.0.0.0", "--port", str(spec.port)]
-    command += list(spec.server_args)
+    command += spec.server_args()
     volumes, mounts = _volumes(spec)
     container = {
         "name": "server",
@@ -267,7 +269,7 @@ def _missing(read: Callable, name: str, namespace: str) -> bool:
     return False
 
 
-SHIPPED = ServingSpec(server_args=("--request-log", "/data/serving/requests"))
+SHIPPED = ServingSpec(request_log=PurePosixPath("/data/serving/requests"))
 
 
 def render(spec: ServingSpec = SHIPPED, model_dir: str = "/models/mnist/1", version: str = "1") -> str:

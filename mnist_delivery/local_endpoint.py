@@ -26,6 +26,7 @@ import requests
 from mnist_delivery.backend import DeployError, Endpoint
 from mnist_ml.atomic import write_text_atomic
 from mnist_ml.log import Log
+from mnist_serving.options import DEFAULT_PORT, ServerOptions
 from mnist_serving.sockets import bind_listener, take_listener
 
 
@@ -44,26 +45,31 @@ def _alive(pid: int) -> bool:
     return not cmdline.exists() or b"mnist_serving" in cmdline.read_bytes()
 
 
+DEFAULT_OPTIONS = ServerOptions()
+
+
 class LocalEndpoint:
-    """A ``DeployBackend``: one endpoint (host, port) whose server process is managed through ``state_dir``.
+    """A ``DeployBackend``: one endpoint (host, port) whose server process is managed through
+    ``state_dir``, started with ``options`` and, if given, logging requests to ``request_log``.
     ``port=0`` picks a free port on the first deploy and keeps it after."""
 
     def __init__(
         self,
         state_dir: Path,
         host: str = "127.0.0.1",
-        port: int = 8080,
+        port: int = DEFAULT_PORT,
         *,
+        options: ServerOptions = DEFAULT_OPTIONS,
+        request_log: Path | None = None,
         startup_timeout: float = 120.0,
         stop_timeout: float = 30.0,
         drain_seconds: float = 2.0,
-        server_args: tuple[str, ...] = (),
         log: Log = print,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.host, self.port = host, port
+        self.options, self.request_log = options, request_log
         self.startup_timeout, self.stop_timeout, self.drain_seconds = startup_timeout, stop_timeout, drain_seconds
-        self.server_args = server_args
         self.log = log
         self.state_file = self.state_dir / "endpoint.json"
 
@@ -139,7 +145,9 @@ class LocalEndpoint:
         log_file = self.state_dir / f"server-v{version}.log"
         command = [sys.executable, "-m", "mnist_serving", "--model-dir", str(model_dir)]
         command += ["--fd", str(listener.fileno()), "--fd", str(probe.fileno()), "--handoff-socket", str(handoff)]
-        command += list(self.server_args)
+        command += self.options.argv()
+        if self.request_log is not None:
+            command += ["--request-log-dir", str(self.request_log)]
         with log_file.open("ab") as out:
             process = subprocess.Popen(
                 command,

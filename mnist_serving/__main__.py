@@ -1,6 +1,7 @@
 """``python -m mnist_serving --model-dir <registry>/<name>/<version>``: serve one version.
 
-Binds 127.0.0.1:8080 by default. A deployer may instead pass already-listening sockets
+Binds 127.0.0.1:8080 by default; its options are ``ServerOptions`` (``--help`` lists them).
+A deployer may instead pass already-listening sockets
 (``--fd``, repeatable) and ask for ``--handoff-socket`` so the next version can take over
 the same port without dropping a request."""
 
@@ -11,20 +12,18 @@ import logging
 import socket
 from pathlib import Path
 
+from mnist_serving.options import DEFAULT_PORT, ServerOptions
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m mnist_serving", description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, required=True, help="a registry version folder")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--fd", type=int, action="append", default=[], help="inherited listening socket")
     parser.add_argument("--handoff-socket", type=Path, help="Unix socket offering the first listener to a successor")
-    parser.add_argument("--max-batch", type=int, default=1024, help="most images per request")
-    parser.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="largest request body")
-    parser.add_argument("--request-log", type=Path, help="folder for the prediction log and feedback (off if unset)")
-    parser.add_argument("--input-sample-rate", type=float, default=0.05, help="share of inputs kept in the log")
-    parser.add_argument("--log-max-file-mb", type=float, default=64, help="rotate log files at this size")
-    parser.add_argument("--log-max-files", type=int, default=20, help="log files kept; the oldest go first")
+    parser.add_argument("--request-log-dir", type=Path, help="folder for the prediction log and feedback")
+    ServerOptions.add_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -37,21 +36,22 @@ def main() -> None:
     listeners = [socket.socket(fileno=fd) for fd in args.fd] or [bind_listener(args.host, args.port)]
     if args.handoff_socket:
         offer_listener(listeners[0], args.handoff_socket)
+    options = ServerOptions.from_arguments(args)
     request_log = (
         RequestLog(
-            args.request_log,
-            max_file_bytes=int(args.log_max_file_mb * 2**20),
-            max_files=args.log_max_files,
-            sample_rate=args.input_sample_rate,
+            args.request_log_dir,
+            max_file_bytes=int(options.log_max_file_mb * 2**20),
+            max_files=options.log_max_files,
+            sample_rate=options.input_sample_rate,
         )
-        if args.request_log
+        if options.request_log and args.request_log_dir
         else None
     )
     serve(
         args.model_dir,
         listeners,
-        max_batch=args.max_batch,
-        max_body_bytes=args.max_body_bytes,
+        max_batch=options.max_batch,
+        max_body_bytes=options.max_body_bytes,
         request_log=request_log,
     )
 

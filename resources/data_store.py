@@ -1,5 +1,5 @@
 """Where datasets, trained models and plots live: a folder on local disk by default, the
-mounted ``data`` volume on Kubernetes (same code, another ``root``)."""
+mounted ``data`` volume on Kubernetes (same code, another ``root``: ``$MNIST_DATA_ROOT``)."""
 
 from __future__ import annotations
 
@@ -8,25 +8,24 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
-from dagster import Config, ConfigurableResource
-from pydantic import Field
+from dagster import ConfigurableResource
 
 from mnist_ml.atomic import atomic_file, replace_dir, write_bytes_atomic
 from mnist_ml.download import FetchResult, fetch_verified, folder_fingerprint, mirror_fingerprint
 from mnist_ml.log import Log
+from resources.environment import setting
 
 
-class DataStoreSettings(Config):
-    root: str = Field(
-        default="var/data",
-        description="Folder for raw downloads, processed arrays, models and plots. Relative "
-        "paths resolve against the working directory; on Kubernetes, the data volume's mount.",
-    )
-
-
-class DataStore(ConfigurableResource, DataStoreSettings):
+class DataStore(ConfigurableResource):
     """Every write is atomic (temporary name, then rename): a killed run never leaves a
     file or folder that passes for complete."""
+
+    root: str = setting(
+        "var/data",
+        env="MNIST_DATA_ROOT",
+        description="Folder for raw downloads, processed arrays, models and plots. Relative paths resolve "
+        "against the working directory; on Kubernetes, the data volume's mount.",
+    )
 
     def path(self, *parts: str) -> Path:
         return Path(self.root).resolve().joinpath(*parts)

@@ -7,43 +7,56 @@ volume. Both offer the same methods: ``deploy``, ``current``, ``stop`` and ``cli
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from pathlib import Path, PurePosixPath
 
-from dagster import Config, ConfigurableResource
-from pydantic import Field
+from dagster import ConfigurableResource
 
 from mnist_delivery.backend import DeployBackend, Endpoint
 from mnist_delivery.client import EndpointClient
 from mnist_delivery.local_endpoint import LocalEndpoint
 from mnist_ml.download import folder_fingerprint
 from mnist_ml.log import Log
+from mnist_serving.options import DEFAULT_PORT, ServerOptions
+from resources.environment import setting
 
 
-class ServingSettings(Config):
-    backend: str = Field(default="local", pattern="^(local|kubernetes)$", description="local or kubernetes.")
-    host: str = Field(default="127.0.0.1", description="Address the local endpoint binds (loopback by default).")
-    port: int = Field(default=8080, ge=0, le=65535, description="Endpoint port; 0 picks a free one (local only).")
-    state_dir: str = Field(
-        default="var/serving", description="Endpoint state, server logs and the request log (on the data volume)."
+class ModelDeployer(ConfigurableResource):
+    """Where and how the endpoint runs. The server's own options (batch and body limits,
+    the request log) are ``ServerOptions``, from ``$MNIST_SERVER_<OPTION>``."""
+
+    backend: str = setting(
+        "local", env="MNIST_SERVING_BACKEND", description="local or kubernetes.", pattern="^(local|kubernetes)$"
     )
-    startup_timeout_s: float = Field(default=120.0, gt=0, description="How long a new version may take to be ready.")
-    max_batch: int = Field(default=1024, ge=1, le=100_000, description="Most images the server takes per request.")
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=4096, description="Largest request body accepted.")
-    request_log: bool = Field(default=True, description="Log every prediction (in <state_dir>/requests).")
-    input_sample_rate: float = Field(
-        default=0.05, ge=0, le=1, description="Share of inputs kept in the log; flagged inputs are always kept."
+    host: str = setting(
+        "127.0.0.1", env="MNIST_SERVING_HOST", description="Address the local endpoint binds (loopback by default)."
     )
-    log_max_file_mb: float = Field(default=64.0, gt=0, description="Rotate request log files at this size.")
-    log_max_files: int = Field(default=20, ge=1, description="Request log files kept; the oldest are deleted.")
-    k8s_namespace: str = Field(default="mnist", description="kubernetes: namespace of the serving Deployment.")
-    k8s_image: str = Field(default="mnist-mlops:0.1.0", description="kubernetes: the project's image.")
-    k8s_replicas: int = Field(default=2, ge=1, description="kubernetes: serving pods (the PDB keeps one up).")
-    k8s_kubeconfig: str = Field(
-        default="", description="kubernetes: kubeconfig file; empty means the in-cluster service account."
+    port: int = setting(
+        DEFAULT_PORT, env="MNIST_SERVING_PORT", description="Endpoint port; 0 picks a free one (local).", ge=0, le=65535
+    )
+    state_dir: str = setting(
+        "var/serving",
+        env="MNIST_SERVING_STATE_DIR",
+        description="Endpoint state, server logs and the request log (on the data volume on Kubernetes).",
+    )
+    startup_timeout_s: int = setting(
+        120, env="MNIST_SERVING_STARTUP_TIMEOUT_S", description="How long a new version may take to be ready.", gt=0
+    )
+    k8s_namespace: str = setting(
+        "mnist", env="MNIST_K8S_NAMESPACE", description="kubernetes: namespace of the serving Deployment."
+    )
+    k8s_image: str = setting("mnist-mlops:0.1.0", env="MNIST_IMAGE", description="kubernetes: the project's image.")
+    k8s_replicas: int = setting(
+        2, env="MNIST_SERVING_REPLICAS", description="kubernetes: serving pods (the PDB keeps one up).", ge=1
+    )
+    k8s_kubeconfig: str = setting(
+        "", env="MNIST_KUBECONFIG", description="kubernetes: kubeconfig file; empty: the in-cluster service account."
     )
 
+    @property
+    def server_options(self) -> ServerOptions:
+        return ServerOptions.from_environment(os.environ)
 
-class ModelDeployer(ConfigurableResource, ServingSettings):
     @property
     def request_log_dir(self) -> Path:
         """Where the endpoint logs predictions and feedback (read by monitoring)."""
@@ -65,14 +78,7 @@ class ModelDeployer(ConfigurableResource, ServingSettings):
 
     def client(self, endpoint: Endpoint, traffic: str | None = None) -> EndpointClient:
         """A client for the endpoint; ``traffic="test"`` keeps its requests out of the log."""
-        return EndpointClient(endpoint.url, traffic=traffic)
-
-    def _server_args(self) -> tuple[str, ...]:
-        args = ["--max-batch", str(self.max_batch), "--max-body-bytes", str(self.max_body_bytes)]
-        if self.request_log:
-            args += ["--request-log", str(self.request_log_dir), "--input-sample-rate", str(self.input_sample_rate)]
-            args += ["--log-max-file-mb", str(self.log_max_file_mb), "--log-max-files", str(self.log_max_files)]
-        return tuple(args)
+        return EndpointClient(endpoint.url, traffic=traffic, max_batch=self.server_options.max_batch)
 
     def _backend(self, log: Log) -> DeployBackend:
         if self.backend == "kubernetes":
@@ -81,8 +87,9 @@ class ModelDeployer(ConfigurableResource, ServingSettings):
             Path(self.state_dir).resolve(),
             self.host,
             self.port,
+            options=self.server_options,
+            request_log=self.request_log_dir,
             startup_timeout=self.startup_timeout_s,
-            server_args=self._server_args(),
             log=log,
         )
 
@@ -100,8 +107,9 @@ class ModelDeployer(ConfigurableResource, ServingSettings):
         spec = ServingSpec(
             namespace=self.k8s_namespace,
             image=self.k8s_image,
-            port=self.port or 8080,
+            port=self.port or DEFAULT_PORT,
             replicas=self.k8s_replicas,
-            server_args=self._server_args(),
+            options=self.server_options,
+            request_log=PurePosixPath(self.request_log_dir),
         )
         return KubernetesEndpoint(api, spec, rollout_timeout=self.startup_timeout_s * 5, log=log)

@@ -1,5 +1,5 @@
-"""The README's main command path: `dagster job execute` on run_config.yaml, multi-process,
-with a persistent DAGSTER_HOME, on the real data with one epoch per model."""
+"""The README's main command path: `dg launch` on run_config.yaml (as `make run`),
+multi-process, with a persistent DAGSTER_HOME, on the real data with one epoch per model."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
+from quick_config import quick_environment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -18,22 +19,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _execute(tmp_path: Path, override: dict) -> subprocess.CompletedProcess:
+    """`make run`'s command (dg launch, run_config.yaml, an override file merged over it),
+    with data and serving state under ``tmp_path`` through the MNIST_* settings."""
     home = tmp_path / "dagster_home"
     home.mkdir(exist_ok=True)
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    (tmp_path / "override.yaml").write_text(
-        json.dumps(
-            {
-                "data_store": {"root": str(tmp_path / "data")},
-                "serving": {"state_dir": str(tmp_path / "serving")},
-                **override,
-            }
-        )
+    (tmp_path / "override.yaml").write_text(json.dumps(override))
+    command = [Path(sys.executable).parent / "dg", "launch", "--job", "mnist_training"]
+    command += ["-c", ROOT / "run_config.yaml", "-c", tmp_path / "override.yaml"]
+    venv = str(Path(sys.executable).parents[1])  # dg wants its project's venv active
+    env = {**os.environ, **quick_environment(tmp_path), "DAGSTER_HOME": str(home), "VIRTUAL_ENV": venv}
+    return subprocess.run(
+        [str(part) for part in command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
-    command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "mnist_assets.definitions"]
-    command += ["-j", "mnist_training", "-c", str(ROOT / "run_config.yaml"), "-c", str(tmp_path / "override.yaml")]
-    env = {**os.environ, "DAGSTER_HOME": str(home)}
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 def _overlap(a, b) -> bool:

@@ -52,7 +52,7 @@ def test_run_launcher_validates_against_k8s_run_launcher_config(kubeconfig: str)
     assert launcher.job_image == IMAGE
     assert launcher.image_pull_policy == "IfNotPresent"
     assert launcher.instance_config_map == "dagster-instance"
-    assert launcher.env_config_maps == ["mnist-env"]
+    assert launcher.env_config_maps == ["mnist-settings", "mnist-env"]
     assert launcher.env_secrets == ["mnist-secrets"]
     assert launcher.dagster_home == "/opt/dagster/home"  # the image's DAGSTER_HOME
 

@@ -1,18 +1,29 @@
-"""The code location loads, the job resolves, and run_config.yaml is the one complete config."""
+"""The code location loads, the jobs resolve, run_config.yaml is the one complete set of
+per-run choices, every deployment-wide setting comes from its resource's environment
+variable, and Dagster's own `dg check defs` accepts the project.
+
+Not covered: a run picking the settings up (tests/test_cli_job.py and the end-to-end tests
+set them through the environment)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from dagster import DagsterInvalidConfigError, validate_run_config
+from dagster import DagsterInvalidConfigError, Definitions, define_asset_job, validate_run_config
 from dagster._core.errors import DagsterConfigMappingFunctionError
 
+from mnist_assets.assets import production_monitoring
 from mnist_assets.config import PipelineConfig
 from mnist_assets.definitions import defs
+from resources import DataStore, ModelDeployer, ModelRegistry, RunConfigFile
+from resources.environment import environment_variables, from_environment
 
-RUN_CONFIG = Path(__file__).resolve().parents[1] / "run_config.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+RUN_CONFIG = ROOT / "run_config.yaml"
 
 
 def _fields(model) -> set[str]:
@@ -56,9 +67,7 @@ def test_run_config_file_lists_every_parameter_and_validates():
     assert _keys(config) == _fields(PipelineConfig)
     resolved = validate_run_config(defs.resolve_job_def("mnist_training"), config)
     assert resolved["ops"]["mnist_classifier"]["config"]["hidden_units"] == [256, 64]
-    assert resolved["resources"]["data_store"]["config"]["root"] == "var/data"
     pipeline = validate_run_config(defs.resolve_job_def("mnist_pipeline"), config)
-    assert pipeline["resources"]["deployer"]["config"]["host"] == "127.0.0.1"
     assert pipeline["ops"]["deployment_test_results"]["config"]["min_accuracy"] == 0.97
 
 
@@ -70,7 +79,7 @@ def test_run_config_file_lists_every_parameter_and_validates():
         ({"classifier": {"architecture": "transformer"}}, "classifier.architecture"),
         ({"classifier": {"learnin_rate": 0.1}}, "learnin_rate"),
         ({"mnist": {"mirrors": []}}, "mnist.mirrors"),
-        ({"serving": {"port": 70000}}, "serving.port"),
+        ({"serving": {"port": 8080}}, "serving"),  # a deployment setting, not a run choice
     ],
 )
 def test_bad_value_fails_at_validation_naming_the_field(bad, field):
@@ -91,3 +100,52 @@ def test_every_asset_has_a_group_an_owner_and_a_description_and_materialize_all_
     everything = defs.resolve_implicit_global_asset_job_def()
     assert validate_run_config(everything, {})["ops"]["mnist_classifier"]["config"]["hidden_units"] == [256, 64]
     assert {s.name for s in defs.sensors} == {"drift_sensor", "new_data_sensor", "failure_alert"}
+
+
+RESOURCES = (DataStore, ModelRegistry, ModelDeployer, RunConfigFile)
+
+
+def test_each_setting_has_one_owner():
+    """Deployment-wide settings live on resources (one variable each); run choices in
+    run_config.yaml; no name is in both."""
+    variables = [variable for cls in RESOURCES for variable in environment_variables(cls).values()]
+    assert len(variables) == len(set(variables)), variables
+    assert all(variable.startswith("MNIST_") for variable in variables)
+    run_sections = set(PipelineConfig.model_fields)
+    assert not run_sections & {"data_store", "registry", "serving", "deployer"}
+    for cls in RESOURCES:
+        assert set(environment_variables(cls)) == set(cls.model_fields), (
+            f"{cls.__name__} has a field without a variable"
+        )
+
+
+def test_resources_take_their_settings_from_the_environment(monkeypatch, tmp_path):
+    job_def = define_asset_job("probe", selection=[production_monitoring])
+    monkeypatch.setenv("MNIST_DATA_ROOT", str(tmp_path / "data"))
+    monkeypatch.setenv("MNIST_SERVING_PORT", "9123")
+    monkeypatch.delenv("MNIST_SERVING_HOST", raising=False)
+    resources = {"data_store": from_environment(DataStore), "deployer": from_environment(ModelDeployer)}
+    job = Definitions(assets=[production_monitoring], jobs=[job_def], resources=resources).resolve_job_def("probe")
+    resolved = validate_run_config(job, {})["resources"]
+    assert resolved["data_store"]["config"]["root"] == str(tmp_path / "data")
+    assert resolved["deployer"]["config"]["port"] == 9123
+    assert resolved["deployer"]["config"]["host"] == "127.0.0.1"  # unset: the field's default
+    monkeypatch.setenv("MNIST_SERVING_BACKEND", "kubernetes")
+    assert from_environment(ModelDeployer).backend == "kubernetes"
+    for variable, bad in [("MNIST_SERVING_PORT", "not-a-port"), ("MNIST_SERVING_BACKEND", "docker")]:
+        monkeypatch.setenv(variable, bad)
+        with pytest.raises(ValueError, match=rf"\${variable}='{bad}'"):
+            from_environment(ModelDeployer)
+        monkeypatch.delenv(variable)
+
+
+@pytest.mark.slow
+def test_dg_check_defs_accepts_the_project():
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dg"), "check", "defs"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

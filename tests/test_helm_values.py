@@ -89,7 +89,7 @@ def test_helm_values_use_chart_keys_and_our_names() -> None:
     assert values["runLauncher"]["type"] == "CustomRunLauncher"
     k8s = helm_run_launcher_config(values)
     assert k8s["job_namespace"] == NAMESPACE and k8s["service_account_name"] == SERVICE_ACCOUNT
-    assert k8s["env_config_maps"] == ["mnist-env"] and k8s["env_secrets"] == ["mnist-secrets"]
+    assert k8s["env_config_maps"] == ["mnist-settings", "mnist-env"] and k8s["env_secrets"] == ["mnist-secrets"]
     assert k8s["run_k8s_config"]["job_spec_config"] == {"ttlSecondsAfterFinished": 3600}
     assert k8s["dagster_home"] == values["global"]["dagsterHome"]
     assert k8s["postgres_password_secret"] == values["global"]["postgresqlSecretName"]
@@ -107,11 +107,8 @@ def test_helm_values_use_chart_keys_and_our_names() -> None:
     assert deployment["port"] == 4000
     # Off: the launcher carries env, volumes and service account (see test_k8s_run_tags.py).
     assert deployment["includeConfigInLaunchedRuns"] == {"enabled": False}
-    assert {"name": "MNIST_RUN_CONFIG", "value": "/config/run_config.yaml"} in deployment["env"]
-    config_volume = next(v for v in deployment["volumes"] if "configMap" in v)
-    assert config_volume["configMap"]["name"] == "mnist-run-config"
-    mount = next(m for m in deployment["volumeMounts"] if m["name"] == config_volume["name"])
-    assert mount["mountPath"] == "/config"
+    # The deployment-wide settings, as in run pods (deploy/k8s/settings.yaml).
+    assert [source["name"] for source in deployment["envConfigMaps"]] == k8s["env_config_maps"]
 
     # No password anywhere: an external PostgreSQL, its password in a Secret the user creates.
     assert values["postgresql"]["enabled"] is False and values["generatePostgresqlPasswordSecret"] is False
@@ -141,7 +138,7 @@ def test_helm_user_code_pod_runs_restricted() -> None:
     where = "helm user deployment mnist"
     problems = security_problems(pod, where) + list_problems(pod, where)
     mounts = {m["mountPath"] for m in deployment["volumeMounts"]}
-    assert {"/data", "/models", "/tmp", "/opt/dagster/home", "/config"} <= mounts
+    assert {"/data", "/models", "/tmp", "/opt/dagster/home"} <= mounts
     assert not problems, "\n".join(problems)
 
 
@@ -151,7 +148,7 @@ def test_helm_run_pods_are_valid_and_restricted(kubeconfig: str) -> None:
     launcher = launcher_from_config(helm_run_launcher_config(values), kubeconfig)
     job, container_context = launched_run_job(launcher, image=IMAGE)
     problems += check_run_job(job, container_context, "run Job from the Helm values")
-    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0].get("env", [])}
-    if env.get("MNIST_RUN_CONFIG") != "/config/run_config.yaml":
-        problems.append("run Job from the Helm values: MNIST_RUN_CONFIG not carried into the run")
+    sources = job["spec"]["template"]["spec"]["containers"][0].get("envFrom", [])
+    if {"configMapRef": {"name": "mnist-settings"}} not in sources:
+        problems.append("run Job from the Helm values: the mnist-settings ConfigMap is not carried into the run")
     assert not problems, "\n".join(problems)

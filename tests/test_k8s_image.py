@@ -7,11 +7,10 @@ Not covered: that the image exists or that the digest matches a build (no regist
 from __future__ import annotations
 
 import pytest
-import yaml
 from k8s_checks import DEPLOY, k8s_documents, load_dagster_yaml, load_helm_values, mnist_deployment
 
 from mnist_delivery.k8s_endpoint import SHIPPED, ServingSpec
-from resources.deployer import ServingSettings
+from resources import ModelDeployer
 
 pytestmark = pytest.mark.k8s
 
@@ -30,16 +29,14 @@ def helm_image(image: dict) -> str:
 
 def named_images() -> dict[str, str]:
     """Where the image is named: what each place says."""
-    (run_config,) = [obj for name, obj in k8s_documents() if name == "run-config.yaml"]
+    (settings,) = [obj for name, obj in k8s_documents() if name == "settings.yaml"]
     found = {
-        "deploy/k8s/run-config.yaml serving.k8s_image": yaml.safe_load(run_config["data"]["run_config.yaml"])[
-            "serving"
-        ]["k8s_image"],
+        "deploy/k8s/settings.yaml MNIST_IMAGE": settings["data"]["MNIST_IMAGE"],
         "deploy/dagster.yaml run_launcher job_image": load_dagster_yaml()["run_launcher"]["config"]["job_image"],
         "deploy/helm/values.yaml user deployment image": helm_image(mnist_deployment(load_helm_values())["image"]),
         "ServingSpec.image": ServingSpec().image,
         "SHIPPED.image": SHIPPED.image,
-        "ServingSettings.k8s_image": ServingSettings().k8s_image,
+        "ModelDeployer.k8s_image": ModelDeployer().k8s_image,
     }
     for name, obj in k8s_documents():
         for container in _containers(obj):

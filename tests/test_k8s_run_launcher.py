@@ -2,7 +2,7 @@
 (deploy/dagster.yaml: Postgres storage, run monitoring), really execute, report success, and
 survive their worker being killed.
 
-The launcher talks over real HTTP to the kmock API emulator (``tests/k8s_emulator.py``); the
+The launcher talks over real HTTP to the kmock API emulator (``tests/k8s_emulator/``); the
 simulated node runs the Job it creates (``dagster api execute_run ...``) as a local process
 and writes the Job and Pod status back as the Job controller and kubelet would. Runs, events
 and sensor state live in a real PostgreSQL server (``tests/postgres_server.py``) that the
@@ -104,19 +104,25 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def _run_config(tmp_path: Path, mirrors: dict[str, list[str]]) -> dict:
-    """run_config.yaml with the local mirror, one epoch per model and folders under tmp."""
+def _run_config(mirrors: dict[str, list[str]]) -> dict:
+    """run_config.yaml with the local mirror and one epoch per model."""
     quick = {"epochs": 1}
     override = {
-        "data_store": {"root": str(tmp_path / "data")},
-        "registry": {"root": str(tmp_path / "models")},
-        "serving": {"state_dir": str(tmp_path / "serving")},
         "mnist": {"mirrors": mirrors["mnist"]},
         "notmnist": {"mirrors": mirrors["notmnist"]},
         "classifier": {**quick, "min_test_accuracy": 0.9},
         "concept_model": {**quick, "min_detection_rate": 0.5, "max_false_positive_rate": 0.05},
     }
     return _deep_merge(yaml.safe_load((ROOT / "run_config.yaml").read_text()), override)
+
+
+def _settings(tmp_path: Path) -> dict[str, str]:
+    """deploy/k8s/settings.yaml (the mnist-settings ConfigMap), with the volumes' mount points
+    (/data, /models) moved to temp folders: the node does not mount volumes."""
+    shipped = yaml.safe_load((ROOT / "deploy" / "k8s" / "settings.yaml").read_text())["data"]
+    local = {"/data": str(tmp_path / "data"), "/models": str(tmp_path / "models")}
+    return {name: next((value.replace(k, v, 1) for k, v in local.items() if value.startswith(k)), value)
+            for name, value in shipped.items()}  # fmt: skip
 
 
 def _instance(home: Path, tmp_path: Path, kubeconfig: Path) -> dict:
@@ -130,10 +136,12 @@ def _instance(home: Path, tmp_path: Path, kubeconfig: Path) -> dict:
     return instance
 
 
-def _seed_namespace(api: kubernetes.client.ApiClient, launcher: dict, dagster_yaml: str, env: dict[str, str]) -> None:
+def _seed_namespace(
+    api: kubernetes.client.ApiClient, launcher: dict, dagster_yaml: str, env: dict[str, str], settings: dict[str, str]
+) -> None:
     """What the user creates before the first run (docs/kubernetes.md): the service account,
-    the instance ConfigMap, ``mnist-env`` with the database's address and ``mnist-secrets``
-    with its password."""
+    the instance ConfigMap, ``mnist-settings``, ``mnist-env`` with the database's address and
+    ``mnist-secrets`` with its password."""
     namespace = launcher["job_namespace"]
     core = kubernetes.client.CoreV1Api(api)
     core.create_namespace({"metadata": {"name": namespace}})
@@ -142,7 +150,8 @@ def _seed_namespace(api: kubernetes.client.ApiClient, launcher: dict, dagster_ya
         namespace,
         {"metadata": {"name": launcher["instance_config_map"]}, "data": {"dagster.yaml": dagster_yaml}},
     )
-    (env_map,) = launcher["env_config_maps"]
+    settings_map, env_map = launcher["env_config_maps"]
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": settings_map}, "data": settings})
     connection = {k: v for k, v in env.items() if k.startswith("DAGSTER_PG_") and k != "DAGSTER_PG_PASSWORD"}
     core.create_namespaced_config_map(
         namespace, {"metadata": {"name": env_map}, "data": {**connection, "MNIST_DEPLOYMENT": "k8s-emulator"}}
@@ -224,14 +233,12 @@ def cluster(
         instance_config = _instance(tmp_path / "dagster_home", tmp_path, emulator.kubeconfig(tmp_path / "kubeconfig"))
         home, env = deployed_home(tmp_path, postgres_server, "k8s_launcher", instance_config)
         launcher = instance_config["run_launcher"]["config"]
-        _seed_namespace(api, launcher, (home / "dagster.yaml").read_text(), env)
+        _seed_namespace(api, launcher, (home / "dagster.yaml").read_text(), env, _settings(tmp_path))
         node = SimulatedNode(
             emulator, launcher["job_namespace"], workdir=ROOT, log_dir=tmp_path / "pods", base_env=_node_env()
         )
         with environment(env), DagsterInstance.from_config(str(home)) as instance, node, _workspace(instance) as ws:
-            yield Cluster(
-                tmp_path, home, env, launcher, emulator, node, instance, ws, _run_config(tmp_path, real_mirrors)
-            )
+            yield Cluster(tmp_path, home, env, launcher, emulator, node, instance, ws, _run_config(real_mirrors))
         assert not node.errors, node.errors
 
 
@@ -293,7 +300,8 @@ def test_node_ran_the_job_and_the_run_succeeded(launched: Launched) -> None:
     assert pod_run.env["DAGSTER_HOME"] == str(launched.home)
     assert pod_run.env["MNIST_DEPLOYMENT"] == "k8s-emulator"  # from the envFrom config map
     assert pod_run.env["DAGSTER_PG_PASSWORD"]  # from the envFrom secret: the pod opened Postgres
-    assert launched.run.status == DagsterRunStatus.SUCCESS, pod_run.output[-3000:]
+    why = "\n".join([pod_run.output[-2000:], *launched.messages[-20:]])
+    assert launched.run.status == DagsterRunStatus.SUCCESS, why
     assert "[K8sRunLauncher] Kubernetes run worker job created" in launched.messages
     # The run executed in the process the node started for the Job, not in this one.
     assert f"Started process for run (pid: {pod_run.pid})." in launched.messages

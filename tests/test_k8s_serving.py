@@ -1,6 +1,6 @@
 """The serving deployer's Kubernetes backend, over real HTTP against an in-memory Kubernetes
 API (kmock, tests/k8s_emulator/) with a simulated Deployment controller. The backend is
-chosen by configuration (``serving.backend: kubernetes``), exactly as on a cluster.
+chosen by configuration (the deployer's ``backend``, ``$MNIST_SERVING_BACKEND`` on a cluster).
 
 Not covered (no cluster here): pods actually starting, probes, the rolling update itself,
 Service endpoints, and calling the in-cluster URL; deployment_test_results therefore can't
@@ -55,7 +55,8 @@ def test_deploy_roll_forward_roll_back_and_stop(cluster):
     assert service["spec"]["selector"] == {"app.kubernetes.io/name": "mnist-serving"}
     (deployment,) = emulator.objects("apps/v1/deployments", NAMESPACE)
     command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command[command.index("--request-log") + 1] == "/data/serving/requests"
+    assert command[command.index("--request-log-dir") + 1] == "/data/serving/requests"
+    assert "--request-log" in command and "--max-batch" in command  # ServerOptions, as the local server gets them
     (budget,) = emulator.objects("policy/v1/poddisruptionbudgets", NAMESPACE)
     assert budget["spec"]["minAvailable"] == 1 and deployment["spec"]["replicas"] == 2
 
@@ -74,10 +75,10 @@ def test_deploy_roll_forward_roll_back_and_stop(cluster):
 
 def test_a_rollout_that_never_becomes_available_times_out_clearly(cluster):
     emulator, controller, kubeconfig = cluster
-    deployer = _deployer(kubeconfig, startup_timeout_s=0.4)  # rollouts may take 5x this
+    deployer = _deployer(kubeconfig, startup_timeout_s=1)  # rollouts may take 5x this
     deployer.deploy("/models/mnist/1", "1")
     controller.hold_unavailable("mnist-serving")
-    with pytest.raises(DeployError, match="version 2 did not roll out in 2s; the previous pods keep serving"):
+    with pytest.raises(DeployError, match="version 2 did not roll out in 5s; the previous pods keep serving"):
         deployer.deploy("/models/mnist/2", "2")
 
 

@@ -30,7 +30,7 @@ from PIL import Image
 from mnist_assets.assets import production_labels, production_monitoring
 from mnist_assets.sensors import drift_sensor, failure_alert, new_data_sensor
 from mnist_delivery.client import EndpointClient
-from resources import AlertWebhook, DataStore, ModelDeployer
+from resources import AlertWebhook, DataStore, ModelDeployer, RunConfigFile
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +54,6 @@ def world(tmp_path, monkeypatch, tiny_versions):
     ):
         (mirror / name).write_bytes(b"v1")
     config = {
-        "data_store": {"root": str(tmp_path / "data")},
-        "serving": {"port": 0, "state_dir": str(tmp_path / "serving"), "input_sample_rate": 1.0},
         "mnist": {"mirrors": [mirror.as_uri()]},
         "notmnist": {"mirrors": ["http://127.0.0.1:9/", mirror.as_uri()]},
         "monitoring": {
@@ -67,12 +65,17 @@ def world(tmp_path, monkeypatch, tiny_versions):
         },
     }
     (tmp_path / "run_config.yaml").write_text(yaml.safe_dump(config))
-    monkeypatch.setenv("MNIST_RUN_CONFIG", str(tmp_path / "run_config.yaml"))
-    deployer = ModelDeployer(**config["serving"])
+    monkeypatch.setenv("MNIST_SERVER_INPUT_SAMPLE_RATE", "1.0")  # every input kept in the log
+    deployer = ModelDeployer(port=0, state_dir=str(tmp_path / "serving"))
+    resources = {
+        "data_store": DataStore(root=str(tmp_path / "data")),
+        "deployer": deployer,
+        "run_config": RunConfigFile(path=str(tmp_path / "run_config.yaml")),
+    }
     _, (v1, _) = tiny_versions
     endpoint = deployer.deploy(v1.path, str(v1.version))
     try:
-        yield tmp_path, mirror, EndpointClient(endpoint.url), deployer
+        yield tmp_path, mirror, EndpointClient(endpoint.url), deployer, resources
     finally:
         deployer.stop()
 
@@ -85,8 +88,9 @@ def _send(client: EndpointClient, image: np.ndarray, n: int) -> list[str]:
     return ids
 
 
-def _tick(sensor, cursor=None):
-    context = build_sensor_context(cursor=cursor, instance=DagsterInstance.ephemeral())
+def _tick(world, sensor, cursor=None):
+    """One evaluation, with the resources the code location gives its sensors."""
+    context = build_sensor_context(cursor=cursor, instance=DagsterInstance.ephemeral(), resources=world[4])
     result = sensor(context)
     return result, context.cursor
 
@@ -106,12 +110,12 @@ def test_drift_sensor_one_run_per_episode_and_restart_safe(world):
     assert client.predict_json(BLACK).json()["outputs"][3]["data"] == [True]
     _send(client, GRAY, 28)  # 29 clean, 1 flagged so far
     _logged(world, 30)
-    result, cursor = _tick(drift_sensor)
+    result, cursor = _tick(world, drift_sensor)
     assert isinstance(result, SkipReason) and result.skip_message.startswith("quiet: 30 images")
 
     _send(client, BLACK, 60)
     _logged(world, 90)
-    result, cursor = _tick(drift_sensor, cursor)
+    result, cursor = _tick(world, drift_sensor, cursor)
     assert isinstance(result, RunRequest)
     assert result.run_key.startswith("drift-")
     assert result.tags["mnist/trigger"] == "drift"
@@ -119,10 +123,10 @@ def test_drift_sensor_one_run_per_episode_and_restart_safe(world):
     assert result.tags["mnist/images"] == "90"
     assert result.run_config["monitoring"]["max_ood_rate"] == 0.5  # the run gets the file's config
 
-    again, cursor_again = _tick(drift_sensor, cursor)
+    again, cursor_again = _tick(world, drift_sensor, cursor)
     assert isinstance(again, SkipReason) and again.skip_message.startswith("already-triggered")
     # A daemon restart resumes from the stored cursor: still the same episode, no second run.
-    after_restart, _ = _tick(drift_sensor, cursor_again)
+    after_restart, _ = _tick(world, drift_sensor, cursor_again)
     assert isinstance(after_restart, SkipReason) and after_restart.skip_message.startswith("already-triggered")
 
 
@@ -130,37 +134,37 @@ def test_drift_inside_the_cooldown_waits(world):
     _send(world[2], BLACK, 30)
     _logged(world, 30)
     recent = json.dumps({"episode": None, "triggered": False, "last_triggered": time.time() - 60})
-    result, cursor = _tick(drift_sensor, recent)
+    result, cursor = _tick(world, drift_sensor, recent)
     assert isinstance(result, SkipReason) and result.skip_message.startswith("cooldown: 30 images")
     assert json.loads(cursor)["episode"] is not None
 
 
 def test_new_data_sensor_sees_mirror_incoming_and_feedback_changes(world):
-    tmp_path, mirror, client, _ = world
-    result, cursor = _tick(new_data_sensor)
+    tmp_path, mirror, client, _, _ = world
+    result, cursor = _tick(world, new_data_sensor)
     assert isinstance(result, SkipReason) and "first fingerprints" in result.skip_message
-    result, cursor = _tick(new_data_sensor, cursor)
+    result, cursor = _tick(world, new_data_sensor, cursor)
     assert isinstance(result, SkipReason) and result.skip_message.startswith("no change")
 
     incoming = tmp_path / "data" / "incoming" / "7"
     incoming.mkdir(parents=True)
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(incoming / "new.png")
-    result, cursor = _tick(new_data_sensor, cursor)
+    result, cursor = _tick(world, new_data_sensor, cursor)
     assert isinstance(result, RunRequest) and result.tags["mnist/changed"] == "incoming"
 
     request_id = _send(client, GRAY, 1)[0]
     client.session.post(f"{client.url}/v1/models/mnist/feedback", json={"request_id": request_id, "label": 3})
-    result, cursor = _tick(new_data_sensor, cursor)
+    result, cursor = _tick(world, new_data_sensor, cursor)
     assert isinstance(result, RunRequest) and result.tags["mnist/changed"] == "feedback"
 
     time.sleep(0.01)
     (mirror / "t10k-labels-idx1-ubyte.gz").write_bytes(b"v2, republished upstream")
-    result, cursor = _tick(new_data_sensor, cursor)
+    result, cursor = _tick(world, new_data_sensor, cursor)
     assert isinstance(result, RunRequest) and result.tags["mnist/changed"] == "t10k-labels-idx1-ubyte.gz"
     assert result.run_key != "new-data-" and result.run_config["mnist"]["mirrors"] == [mirror.as_uri()]
 
     # notMNIST's first mirror never answers; the second (file://) does, so nothing changes.
-    result, _ = _tick(new_data_sensor, cursor)
+    result, _ = _tick(world, new_data_sensor, cursor)
     assert isinstance(result, SkipReason)
 
 
@@ -226,7 +230,7 @@ def test_failure_alert_without_webhook_says_so(monkeypatch, capfd):
 
 
 def test_monitoring_summarizes_the_window_with_feedback_accuracy(world):
-    tmp_path, _, client, deployer = world
+    tmp_path, _, client, deployer, _ = world
     clean_ids = _send(client, GRAY, 30)
     _send(client, BLACK, 10)
     predicted = client.predict_json(GRAY).json()["outputs"][0]["data"][0]
@@ -255,7 +259,7 @@ def test_monitoring_summarizes_the_window_with_feedback_accuracy(world):
 
 
 def test_production_labels_merge_incoming_images_and_feedback(world):
-    tmp_path, _, client, deployer = world
+    tmp_path, _, client, deployer, _ = world
     incoming = tmp_path / "data" / "incoming"
     for digit, count in ((3, 2), (8, 1)):
         (incoming / str(digit)).mkdir(parents=True)

@@ -9,13 +9,11 @@ import json
 import pytest
 import requests
 from dagster import DagsterInstance, materialize
-from quick_config import quick_run_config
+from quick_config import quick_job, quick_resources, quick_run_config
 
 from mnist_assets.assets import deployment_test_results, model_deployment, uploaded_model
-from mnist_assets.definitions import defs
 from mnist_delivery.local_endpoint import LocalEndpoint
 from mnist_ml.registry import FileModelRepository
-from resources import DataStore, ModelDeployer, ModelRegistry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -24,8 +22,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def chain(tmp_path_factory, real_mirrors):
     """Two runs of mnist_pipeline in one Dagster instance; the endpoint is stopped afterwards."""
     root = tmp_path_factory.mktemp("chain")
-    config = quick_run_config(root, real_mirrors["mnist"], real_mirrors["notmnist"])
-    job = defs.resolve_job_def("mnist_pipeline")
+    config = quick_run_config(real_mirrors["mnist"], real_mirrors["notmnist"])
+    job = quick_job("mnist_pipeline", root)
     instance = DagsterInstance.ephemeral()
     try:
         runs = [job.execute_in_process(run_config=config, instance=instance) for _ in range(2)]
@@ -65,11 +63,7 @@ def test_pipeline_publishes_deploys_and_tests_the_endpoint(chain):
 
 def test_failed_deployment_tests_roll_back_to_the_previous_version(chain):
     root, config, _ = chain
-    resources = {
-        "data_store": DataStore(**config["data_store"]),
-        "registry": ModelRegistry(**config["registry"]),
-        "deployer": ModelDeployer(**config["serving"]),
-    }
+    resources = quick_resources(root)
     impossible = {**config["deployment_tests"], "min_accuracy": 1.0}
     result = materialize(
         [uploaded_model, model_deployment, deployment_test_results],
@@ -95,16 +89,14 @@ def test_failed_deployment_tests_roll_back_to_the_previous_version(chain):
 def test_a_first_version_that_fails_leaves_nothing_serving(chain, tmp_path):
     """With no earlier good version to roll back to, the failed one must not stay up."""
     root, config, _ = chain
-    serving = {**config["serving"], "state_dir": str(tmp_path / "serving")}
     result = materialize(
         [uploaded_model, model_deployment, deployment_test_results],
         run_config={
             "ops": {"deployment_test_results": {"config": {**config["deployment_tests"], "min_accuracy": 1.0}}}
         },
         resources={
-            "data_store": DataStore(**config["data_store"]),
-            "registry": ModelRegistry(root=str(tmp_path / "models")),
-            "deployer": ModelDeployer(**serving),
+            **quick_resources(tmp_path),
+            "data_store": quick_resources(root)["data_store"],  # the chain's data, a new registry and endpoint
         },
         raise_on_error=False,
     )

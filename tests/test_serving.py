@@ -16,6 +16,7 @@ from mnist_delivery.client import binary_request
 from mnist_delivery.local_endpoint import LocalEndpoint
 from mnist_ml.datasets import to_unit_float
 from mnist_ml.model_contract import INPUT_NAME, OUTPUT_TYPES, REQUEST_ID_HEADER, TEST_TRAFFIC, TRAFFIC_HEADER
+from mnist_serving.options import ServerOptions
 from mnist_serving.request_log import read_feedback, read_predictions
 
 pytestmark = pytest.mark.slow
@@ -31,14 +32,8 @@ def endpoint(tiny_versions, tmp_path_factory):
     local = LocalEndpoint(
         state,
         port=0,
-        server_args=(
-            "--max-batch",
-            str(MAX_BATCH),
-            "--max-body-bytes",
-            str(MAX_BODY),
-            "--request-log",
-            str(state / "log"),
-        ),
+        options=ServerOptions(max_batch=MAX_BATCH, max_body_bytes=MAX_BODY),
+        request_log=state / "log",
     )
     deployed = local.deploy(versions[0].path, str(versions[0].version))
     yield deployed

@@ -17,7 +17,7 @@ import time
 import pytest
 import yaml
 from instance_config import deployed_storage
-from quick_config import DRIFT_ON_OOD, quick_run_config
+from quick_config import DRIFT_ON_OOD, quick_environment, quick_run_config
 from stack import DagsterStack
 
 from mnist_delivery.client import EndpointClient
@@ -29,12 +29,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 @pytest.fixture
 def stack(tmp_path, real_mirrors, postgres_server):
-    config = quick_run_config(tmp_path, real_mirrors["mnist"], real_mirrors["notmnist"])
+    config = quick_run_config(real_mirrors["mnist"], real_mirrors["notmnist"])
     config["monitoring"] = DRIFT_ON_OOD
     (tmp_path / "run_config.yaml").write_text(yaml.safe_dump(config))
     postgres_server.create_database("ui_daemon")
     env = {
         **postgres_server.env,
+        **quick_environment(tmp_path),
         "DAGSTER_PG_DB": "ui_daemon",
         "MNIST_RUN_CONFIG": str(tmp_path / "run_config.yaml"),
         "MNIST_DRIFT_SENSOR_INTERVAL_S": "5",
@@ -42,7 +43,7 @@ def stack(tmp_path, real_mirrors, postgres_server):
     }
     with DagsterStack(tmp_path / "dagster_home", env, instance=deployed_storage()) as running:
         try:
-            yield running, config, postgres_server
+            yield running, config, postgres_server, tmp_path
         finally:
             LocalEndpoint(tmp_path / "serving").stop()
 
@@ -53,15 +54,15 @@ def _drift_runs(stack: DagsterStack):
 
 
 def test_pipeline_launched_through_graphql_then_drift_triggers_retraining(stack):
-    stack, config, postgres_server = stack
+    stack, config, postgres_server, root = stack
     run_id = stack.client().submit_job_execution("mnist_pipeline", run_config=config)
     status = stack.wait_for_run(run_id)
     assert status.value == "SUCCESS", stack.log("daemon")[-3000:]
-    endpoint = LocalEndpoint(config["serving"]["state_dir"]).current()
+    endpoint = LocalEndpoint(root / "serving").current()
     assert endpoint is not None and endpoint.version == "1"
     assert _drift_runs(stack) == [], "no drift before any production traffic"
 
-    letters = DataStore(**config["data_store"]).load_arrays("notmnist")["x"][:300]
+    letters = DataStore(root=str(root / "data")).load_arrays("notmnist")["x"][:300]
     outputs = EndpointClient(endpoint.url).predict(letters)
     assert outputs["is_ood"].mean() > 0.5
 
@@ -72,7 +73,7 @@ def test_pipeline_launched_through_graphql_then_drift_triggers_retraining(stack)
     assert drift_run.tags["mnist/reason"].startswith("out-of-distribution rate")
     assert int(drift_run.tags["mnist/images"]) == 300
     assert stack.wait_for_run(drift_run.run_id).value == "SUCCESS", stack.log("daemon")[-3000:]
-    assert LocalEndpoint(config["serving"]["state_dir"]).current().version == "2"
+    assert LocalEndpoint(root / "serving").current().version == "2"
     time.sleep(12)  # two more ticks: the same drift episode must not launch a second run
     assert len(_drift_runs(stack)) == 1
     with contextlib.closing(postgres_server.connect("ui_daemon")) as connection, connection.cursor() as cursor:
