@@ -51,10 +51,10 @@ endif
 
 # The endpoint keeps serving after `make run`; these show or stop it.
 status: install
-	$(BIN)/python -m mnist_delivery.local_endpoint status --state-dir var/serving
+	$(BIN)/python -m mnist_delivery.local_endpoint status --state-dir "$${MNIST_SERVING_STATE_DIR:-var/serving}"
 
 stop: install
-	$(BIN)/python -m mnist_delivery.local_endpoint stop --state-dir var/serving
+	$(BIN)/python -m mnist_delivery.local_endpoint stop --state-dir "$${MNIST_SERVING_STATE_DIR:-var/serving}"
 
 test: install
 	$(BIN)/pytest
