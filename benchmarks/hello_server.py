@@ -32,7 +32,7 @@ def main() -> None:
     model = Hello("mnist")
     model.load()
     print(f"hello server on 127.0.0.1:{port}", flush=True)
-    rest_server(model, max_body_bytes=16 * 1024 * 1024).run(sockets=[bind_listener("127.0.0.1", port)])
+    rest_server(model, "1", max_body_bytes=16 * 1024 * 1024).run(sockets=[bind_listener("127.0.0.1", port)])
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from mnist_delivery.backend import DeployError, Endpoint
 from mnist_ml.log import Log
 from mnist_ml.model_contract import MODEL_NAME
-from mnist_serving.options import DEFAULT_PORT, ServerOptions
+from mnist_serving.options import DEFAULT_PORT, FEEDBACK_TOKEN_ENV, ServerOptions
 
 VERSION_ANNOTATION = "mnist-mlops/model-version"
 RESTRICTED = {
@@ -50,6 +50,9 @@ class ServingSpec:
     memory: str = "1536Mi"
     options: ServerOptions = ServerOptions()
     request_log: PurePosixPath | None = None  # the request log's folder, under data_mount
+    # The feedback route's bearer token: key `token` of this Secret, as $MNIST_FEEDBACK_TOKEN.
+    # Optional: without the Secret the pods start and refuse feedback (403).
+    feedback_secret: str = "mnist-feedback"
 
     @property
     def url(self) -> str:
@@ -96,6 +99,12 @@ def deployment(spec: ServingSpec, model_dir: str, version: str) -> dict:
         "imagePullPolicy": "IfNotPresent",
         "command": command,
         "ports": [{"name": "http", "containerPort": spec.port}],
+        "env": [
+            {
+                "name": FEEDBACK_TOKEN_ENV,
+                "valueFrom": {"secretKeyRef": {"name": spec.feedback_secret, "key": "token", "optional": True}},
+            }
+        ],
         "readinessProbe": {**ready, "failureThreshold": 3},
         "livenessProbe": {
             "httpGet": {"path": "/v2/health/live", "port": "http"},

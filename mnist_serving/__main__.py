@@ -1,7 +1,8 @@
 """``python -m mnist_serving --model-dir <registry>/<name>/<version>``: serve one version.
 
 Binds 127.0.0.1:8080 by default; its options are ``ServerOptions`` (``--help`` lists them).
-A deployer may instead pass already-listening sockets
+The feedback route's bearer token comes from ``$MNIST_FEEDBACK_TOKEN`` only (a secret:
+never a flag). A deployer may instead pass already-listening sockets
 (``--fd``, repeatable) and ask for ``--handoff-socket`` so the next version can take over
 the same port without dropping a request."""
 
@@ -9,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 from pathlib import Path
 
-from mnist_serving.options import DEFAULT_PORT, ServerOptions
+from mnist_serving.options import DEFAULT_PORT, FEEDBACK_TOKEN_ENV, ServerOptions
 
 
 def main() -> None:
@@ -53,6 +55,7 @@ def main() -> None:
         max_batch=options.max_batch,
         max_body_bytes=options.max_body_bytes,
         request_log=request_log,
+        feedback_token=os.environ.get(FEEDBACK_TOKEN_ENV, "").strip() or None,
     )
 
 

@@ -12,11 +12,18 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-async def reply(send: Send, status: int, content: str | bytes) -> None:
-    """Send a JSON response: ``content`` is an error message, or an encoded JSON body."""
+async def reply(
+    send: Send,
+    status: int,
+    content: str | bytes,
+    content_type: bytes = b"application/json",
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
+    """Send a response: ``content`` is an error message (sent as ``{"error": ...}``) or an
+    encoded body of ``content_type``; ``headers`` are added."""
     body = content if isinstance(content, bytes) else json.dumps({"error": content}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    fixed = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": [*fixed, *headers]})
     await send({"type": "http.response.body", "body": body})
 
 

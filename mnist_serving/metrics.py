@@ -14,5 +14,10 @@ LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 VERSION = Gauge("mnist_model_version_info", "Model version being served (value is always 1)", ["version"])
-FEEDBACK = Counter("mnist_feedback_total", "Ground-truth labels submitted", ["outcome"])
+FEEDBACK = Counter(
+    "mnist_feedback_total",
+    "Feedback requests by outcome: accepted, duplicate, conflict (a second, different label), rejected, "
+    "unauthorized, disabled",
+    ["outcome"],
+)
 LOG_DROPPED = Gauge("mnist_request_log_dropped", "Predictions not logged because the log queue was full")

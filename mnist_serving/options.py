@@ -7,7 +7,10 @@ an option through ``$MNIST_SERVER_<OPTION>`` (``from_environment``). Adding an o
 adding a field here and using it in the server; nothing else changes.
 
 Where the server listens and what it serves (model folder, host, port, inherited sockets,
-request-log folder) are not options: each deployer decides them.
+request-log folder) are not options: each deployer decides them. Secrets are not options
+either: they would show in the command line (``ps``, the pod spec). The server reads its one
+secret, the feedback route's bearer token, from ``$MNIST_FEEDBACK_TOKEN`` only
+(``FEEDBACK_TOKEN_ENV``; on Kubernetes from a Secret), never from a flag.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 DEFAULT_PORT = 8080
 ENV_PREFIX = "MNIST_SERVER_"
+FEEDBACK_TOKEN_ENV = "MNIST_FEEDBACK_TOKEN"  # the feedback route's bearer token; unset: feedback refused
 
 
 def _option(default: Any, help: str) -> Any:  # noqa: A002 - argparse's word for it

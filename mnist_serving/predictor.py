@@ -1,7 +1,10 @@
 """The KServe custom predictor: one registry version of the classifier and the concept model.
 
 Every prediction returns the class id, the class probabilities, the concept score and
-the out-of-distribution flag (score above the threshold shipped with the concept model)."""
+the out-of-distribution flag (score above the threshold shipped with the concept model).
+The model is ready (``ready``, what the readiness routes report) only once it has loaded and
+scored a first image. KServe routes v1 ``:predict`` here; v2 ``/infer`` requests are decoded
+and encoded by ``v2_infer``, which calls ``infer`` too."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from kserve import InferOutput, InferRequest, InferResponse, Model
+from kserve import Model
 from kserve.errors import InvalidInput
 
 from mnist_ml.model_contract import (
@@ -35,7 +38,7 @@ from mnist_serving.validation import InvalidImages, to_model_input
 
 
 class MnistPredictor(Model):
-    """Load with ``load()``; KServe routes v1 ``:predict`` and v2 ``/infer`` to ``predict``."""
+    """Load with ``load()``; KServe routes v1 ``:predict`` to ``predict``."""
 
     def __init__(
         self, name: str, version_dir: Path, max_batch: int = 1024, request_log: RequestLog | None = None
@@ -63,6 +66,7 @@ class MnistPredictor(Model):
 
         # One graph call per request; the concrete function skips tf.function's dispatch.
         self._both = both.get_concrete_function()
+        self._both(tf.zeros([1, 28, 28]))  # ready means it answers: score once before saying so
         metrics.VERSION.labels(version=self.version).set(1)
         self.ready = True
         return self.ready
@@ -81,19 +85,20 @@ class MnistPredictor(Model):
         headers: Mapping[str, str] | None,
         images: Callable[[], Any],
         respond: Callable[[dict[str, np.ndarray], str], Any],
+        request_id: str | None = None,
     ) -> Any:
         """Validate, score, log and respond, counting and timing the request. ``images``
         extracts the raw tensor (raising InvalidImages); ``respond`` encodes the protocol's
-        answer from the outputs and the request id (the client's x-request-id, or a new one)."""
+        answer from the outputs and the request id (``request_id``, else the client's
+        x-request-id, else a new one)."""
         start = time.perf_counter()
         headers = headers or {}
         try:
             batch = to_model_input(images(), self.max_batch)
         except InvalidImages as exc:
-            metrics.REQUESTS.labels(protocol, "invalid").inc()
-            raise InvalidInput(str(exc)) from None
+            raise self.refuse(protocol, str(exc)) from None
         result = self.score(batch)
-        request_id = headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        request_id = request_id or headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         if self.request_log is not None and headers.get(TRAFFIC_HEADER) != TEST_TRAFFIC:
             self.request_log.record(
                 request_id,
@@ -109,9 +114,12 @@ class MnistPredictor(Model):
         metrics.LATENCY.labels(protocol).observe(time.perf_counter() - start)
         return response
 
-    def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None) -> dict | InferResponse:
-        if isinstance(payload, InferRequest):
-            return self.infer("v2", headers, lambda: v2_tensor(payload), self._v2_response)
+    def refuse(self, protocol: str, message: str) -> InvalidInput:
+        """Count a request refused as invalid; returns the error to raise (a 400 with ``message``)."""
+        metrics.REQUESTS.labels(protocol, "invalid").inc()
+        return InvalidInput(message)
+
+    def predict(self, payload: object, headers: dict[str, str] | None = None) -> dict:
         return self.infer("v1", headers, lambda: v1_instances(payload), self._v1_response)
 
     def _v1_response(self, result: dict[str, np.ndarray], request_id: str) -> dict:
@@ -121,34 +129,11 @@ class MnistPredictor(Model):
         ]
         return {"predictions": predictions, "model_version": self.version, "request_id": request_id}
 
-    def _v2_response(self, result: dict[str, np.ndarray], request_id: str) -> InferResponse:
-        outputs = []
-        for name, array in result.items():
-            output = InferOutput(name=name, shape=list(array.shape), datatype=OUTPUT_TYPES[name])
-            output.set_data_from_numpy(array, binary_data=False)
-            outputs.append(output)
-        return InferResponse(
-            response_id=request_id,
-            model_name=self.name,
-            model_version=self.version,
-            infer_outputs=outputs,
-            parameters={"threshold": self.threshold},
-        )
-
     def get_input_types(self) -> list[dict]:
         return [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 28, 28]}]
 
     def get_output_types(self) -> list[dict]:
         return [{"name": n, "datatype": t, "shape": OUTPUT_SHAPES[n]} for n, t in OUTPUT_TYPES.items()]
-
-
-def v2_tensor(request: InferRequest) -> np.ndarray:
-    if len(request.inputs) != 1:
-        raise InvalidImages(f"expected exactly one input tensor '{INPUT_NAME}', got {len(request.inputs)}")
-    try:
-        return request.inputs[0].as_numpy()
-    except (ValueError, TypeError, InvalidInput) as exc:
-        raise InvalidImages(f"input tensor does not match its shape or datatype: {exc}") from None
 
 
 def v1_instances(payload: object) -> Any:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import fcntl
 import logging
 import os
 import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -226,25 +227,48 @@ class RequestLog:
 
 
 class FeedbackLog:
-    """Ground-truth labels for served predictions, appended to <directory>/feedback.jsonl.
+    """Ground-truth labels for served predictions, appended to <directory>/feedback.jsonl, at
+    most one per prediction (request id, index): the first label stands.
 
-    Each label is one ``write()`` to a file opened for appending, so concurrent threads and
-    processes never interleave their lines and no lock is needed."""
+    ``add`` decides under an exclusive ``flock`` on the file: it reads what other writers
+    (threads, the two servers of a redeploy, replicas sharing the volume) appended since it last
+    looked, then appends its line only if the prediction has no label yet, as one ``write()``.
+    Of two writers racing to label one prediction exactly one wins, and the file never holds two
+    labels for one prediction. The labels read so far stay in memory (one small entry each)."""
 
     def __init__(self, directory: Path) -> None:
         self.path = Path(directory) / FEEDBACK
+        self._labels: dict[tuple[str, int], int] = {}
+        self._offset = 0  # bytes of the file read into _labels
+        self._lock = threading.Lock()  # guards _labels and _offset among this process's threads
 
-    def add(self, request_id: str, index: int, label: int) -> None:
-        """Append one label and flush it (low volume, so synchronous)."""
-        line = orjson.dumps(
-            {"ts": time.time(), "id": request_id, "i": int(index), "label": int(label)},
-            option=orjson.OPT_APPEND_NEWLINE,
-        )
+    def add(self, request_id: str, index: int, label: int) -> int | None:
+        """Store ``label`` unless the prediction has one: returns the label it already had (and
+        writes nothing), or None when this one was stored."""
+        key = (request_id, int(index))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a+b") as out:
+        with self._lock, open(self.path, "a+b") as out:
+            fcntl.flock(out, fcntl.LOCK_EX)  # released when the file closes
+            self._catch_up(out)
+            if key in self._labels:
+                return self._labels[key]
+            line = orjson.dumps({"ts": time.time(), "id": request_id, "i": key[1], "label": int(label)})
             if _ends_mid_line(out):  # a writer crashed mid-line: end that line rather than extend it
                 line = b"\n" + line
-            out.write(line)
+            out.write(line + b"\n")
+            out.flush()
+            self._labels[key] = int(label)
+            self._offset = out.tell()
+        return None
+
+    def _catch_up(self, file: BinaryIO) -> None:
+        """Read the lines appended since the last look (all of them if the file was replaced)."""
+        size = file.seek(0, os.SEEK_END)
+        if size < self._offset:
+            self._labels, self._offset = {}, 0
+        file.seek(self._offset)
+        _first_labels(file.read(size - self._offset).splitlines(keepends=True), self._labels)
+        self._offset = size
 
 
 def read_predictions(
@@ -268,15 +292,24 @@ def read_predictions(
 
 
 def read_feedback(directory: Path) -> dict[tuple[str, int], int]:
-    """(request_id, index) -> label; a later label replaces an earlier one. Bad lines are skipped."""
+    """(request_id, index) -> label; the first label for a prediction stands, as ``FeedbackLog``
+    decides (files written before it refused a second label may hold more). Bad lines are skipped."""
     labels: dict[tuple[str, int], int] = {}
-    for line in _lines_of(Path(directory) / FEEDBACK):
+    _first_labels(_lines_of(Path(directory) / FEEDBACK), labels)
+    return labels
+
+
+def _first_labels(lines: Iterable[bytes], labels: dict[tuple[str, int], int]) -> None:
+    """Add each whole line's label to ``labels`` unless its prediction has one. A line cut short
+    by a crash (no newline) or malformed is skipped."""
+    for line in lines:
+        if not line.endswith(b"\n"):
+            continue
         try:
             record = orjson.loads(line)
-            labels[_field(record, "id", str), _field(record, "i", int)] = _field(record, "label", int)
+            labels.setdefault((_field(record, "id", str), _field(record, "i", int)), _field(record, "label", int))
         except (ValueError, TypeError, KeyError):
             continue
-    return labels
 
 
 def _encode(request: _Request, rng: np.random.Generator, sample_rate: float) -> list[bytes]:

@@ -130,3 +130,16 @@ def test_inference_service_serves_a_registry_version_read_only() -> None:
     models = next(v for v in pod["volumes"] if v["name"] == "models")
     assert models["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
     assert next(m for m in container["volumeMounts"] if m["name"] == "models")["readOnly"] is True
+
+
+def test_serving_pods_take_the_feedback_token_from_an_optional_secret() -> None:
+    """Both ways of serving read $MNIST_FEEDBACK_TOKEN from the Secret mnist-feedback (optional:
+    without it the pods start and refuse feedback); the token is never in a command line."""
+    serving = [obj for _, obj in k8s_documents() if obj["kind"] in {"Deployment", "InferenceService"}]
+    containers = [c for obj in serving for spec in pod_specs(obj) for c in spec["containers"]]
+    containers = [c for c in containers if c["command"][:3] == ["python", "-m", "mnist_serving"]]
+    assert len(containers) == 2
+    for container in containers:
+        (token,) = [e for e in container["env"] if e["name"] == "MNIST_FEEDBACK_TOKEN"]
+        assert token["valueFrom"] == {"secretKeyRef": {"name": "mnist-feedback", "key": "token", "optional": True}}
+        assert not any("token" in arg.lower() for arg in container["command"])

@@ -66,6 +66,7 @@ def world(tmp_path, monkeypatch, tiny_versions):
     }
     (tmp_path / "run_config.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.setenv("MNIST_SERVER_INPUT_SAMPLE_RATE", "1.0")  # every input kept in the log
+    monkeypatch.setenv("MNIST_FEEDBACK_TOKEN", "monitoring-test-token")  # the server takes labels
     deployer = ModelDeployer(port=0, state_dir=str(tmp_path / "serving"))
     resources = {
         "data_store": DataStore(root=str(tmp_path / "data")),
@@ -75,7 +76,9 @@ def world(tmp_path, monkeypatch, tiny_versions):
     _, (v1, _) = tiny_versions
     endpoint = deployer.deploy(v1.path, str(v1.version))
     try:
-        yield tmp_path, mirror, EndpointClient(endpoint.url), deployer, resources
+        client = EndpointClient(endpoint.url)
+        client.session.headers["Authorization"] = "Bearer monitoring-test-token"  # for the feedback route
+        yield tmp_path, mirror, client, deployer, resources
     finally:
         deployer.stop()
 

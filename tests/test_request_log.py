@@ -1,13 +1,17 @@
 """The request log with real files: what is written reads back, files rotate and expire, crashes
-and a second server process do not corrupt anything, and a full queue drops instead of blocking."""
+and a second server process do not corrupt anything, and a full queue drops instead of blocking.
+The feedback store keeps one label per prediction, the first, also when threads or processes race
+to label one prediction. Not covered: the HTTP route in front of it (tests/test_locked_routes.py)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -219,14 +223,15 @@ def test_record_rejects_arrays_of_different_lengths(tmp_path):
     log.close()
 
 
-def test_feedback_latest_label_wins_and_bad_lines_are_skipped(tmp_path):
+def test_feedback_first_label_stands_and_bad_lines_are_skipped(tmp_path):
     feedback = FeedbackLog(tmp_path / "log")
     assert read_feedback(tmp_path / "log") == {}
-    feedback.add("req-1", 0, 3)
-    feedback.add("req-1", 1, np.int64(5))
+    assert feedback.add("req-1", 0, 3) is None
+    assert feedback.add("req-1", 1, np.int64(5)) is None
     with (tmp_path / "log" / "feedback.jsonl").open("ab") as out:
         out.write(b'{"id": "req-1", "i": 0, "label": "seven"}\n{"id": "req-2", "i"')
-    feedback.add("req-1", 0, 4)
+    assert feedback.add("req-1", 0, 4) == 3  # refused: it has a label
+    assert feedback.add("req-1", 0, 3) == 3  # the same again: nothing written either
 
     threads = [threading.Thread(target=feedback.add, args=(f"many-{k}", 0, k % 10)) for k in range(50)]
     for thread in threads:
@@ -235,5 +240,41 @@ def test_feedback_latest_label_wins_and_bad_lines_are_skipped(tmp_path):
         thread.join()
 
     labels = read_feedback(tmp_path / "log")
-    assert labels[("req-1", 0)] == 4 and labels[("req-1", 1)] == 5
+    assert labels[("req-1", 0)] == 3 and labels[("req-1", 1)] == 5
     assert len(labels) == 2 + 50 and ("req-2", 0) not in labels
+    # A second store on the same file (another server) sees the labels the first wrote.
+    assert FeedbackLog(tmp_path / "log").add("many-7", 0, 0) == 7
+
+
+def test_feedback_written_before_the_one_label_rule_reads_first_label(tmp_path):
+    (tmp_path / "feedback.jsonl").write_bytes(
+        b'{"ts": 1, "id": "a", "i": 0, "label": 1}\n{"ts": 2, "id": "a", "i": 0, "label": 2}\n'
+    )
+    assert read_feedback(tmp_path) == {("a", 0): 1}
+    assert FeedbackLog(tmp_path).add("a", 0, 2) == 1
+
+
+def _label_in_process(directory: Path, label: int, start: Any) -> None:
+    start.wait()
+    earlier = FeedbackLog(directory).add("contested", 0, label)
+    (directory / f"outcome-{label}").write_text("won" if earlier is None else f"lost to {earlier}")
+
+
+def test_feedback_racing_processes_exactly_one_wins(tmp_path):
+    """Eight processes (as the servers of a redeploy, or replicas on one volume) label one
+    prediction at the same moment, each with its own label."""
+    context = multiprocessing.get_context("fork")
+    start = context.Event()
+    processes = [context.Process(target=_label_in_process, args=(tmp_path, label, start)) for label in range(8)]
+    for process in processes:
+        process.start()
+    start.set()
+    for process in processes:
+        process.join(30)
+        assert process.exitcode == 0
+    outcomes = {label: (tmp_path / f"outcome-{label}").read_text() for label in range(8)}
+    winners = [label for label, outcome in outcomes.items() if outcome == "won"]
+    assert len(winners) == 1, outcomes
+    assert all(outcome == f"lost to {winners[0]}" for label, outcome in outcomes.items() if label != winners[0])
+    assert read_feedback(tmp_path) == {("contested", 0): winners[0]}
+    assert len((tmp_path / "feedback.jsonl").read_text().splitlines()) == 1

@@ -225,24 +225,17 @@ def test_predictions_are_logged_except_test_traffic(endpoint):
     assert _wait_for_log(log_dir, "test-traffic", timeout=1.5) == []
 
 
-def test_feedback_accepts_labels_for_served_requests_only(endpoint):
+def test_feedback_is_refused_without_a_configured_token(endpoint):
+    """This server was started without $MNIST_FEEDBACK_TOKEN: secure by default, every label
+    is refused, with or without a token, and nothing is written. With a token:
+    tests/test_locked_routes.py."""
     log_dir = Path(endpoint.log_file).parent / "log"
     url = f"{endpoint.url}/v1/models/mnist/feedback"
     served = requests.post(
         f"{endpoint.url}/v1/models/mnist:predict", json={"instances": _images(2).reshape(2, 784).tolist()}, timeout=10
     ).json()["request_id"]
-    good = requests.post(url, json={"request_id": served, "index": 1, "label": 7}, timeout=10)
-    assert good.status_code == 200 and good.json()["accepted"] is True
-    cases = {
-        "unknown id": ({"request_id": "never-served", "label": 3}, 404),
-        "label out of range": ({"request_id": served, "label": 10}, 400),
-        "label not an int": ({"request_id": served, "label": "7"}, 400),
-        "index out of range": ({"request_id": served, "index": 2, "label": 1}, 400),
-        "no request id": ({"label": 1}, 400),
-    }
-    for name, (body, status) in cases.items():
-        response = requests.post(url, json=body, timeout=10)
-        assert response.status_code == status, f"{name}: {response.text}"
-        assert response.json()["error"]
-    assert requests.post(url, data=b"{oops", timeout=10).status_code == 400
-    assert read_feedback(log_dir) == {(served, 1): 7}
+    for headers in ({}, {"Authorization": "Bearer anything"}):
+        response = requests.post(url, json={"request_id": served, "label": 7}, headers=headers, timeout=10)
+        assert response.status_code == 403, response.text
+        assert "feedback is disabled: set MNIST_FEEDBACK_TOKEN" in response.json()["error"]
+    assert read_feedback(log_dir) == {}
