@@ -4,11 +4,16 @@ Deploying starts the new server on the *same* listening socket (taken over from 
 running server, or bound fresh), waits until it answers ready on a private probe port,
 records it as the endpoint, and only then stops the old server gracefully. The server
 outlives the process that deployed it; ``endpoint.json`` in the state folder says which
-process serves which version where."""
+process serves which version where.
+
+One deploy or stop at a time: each holds an exclusive lock on ``deploy.lock`` in the state
+folder (``flock``: the kernel releases it when the holder dies, even by SIGKILL), so two runs
+deploying at once take turns instead of both taking over the same server."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -17,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,12 +70,14 @@ class LocalEndpoint:
         startup_timeout: float = 120.0,
         stop_timeout: float = 30.0,
         drain_seconds: float = 2.0,
+        lock_timeout: float = 600.0,
         log: Log = print,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.host, self.port = host, port
         self.options, self.request_log = options, request_log
         self.startup_timeout, self.stop_timeout, self.drain_seconds = startup_timeout, stop_timeout, drain_seconds
+        self.lock_timeout = lock_timeout
         self.log = log
         self.state_file = self.state_dir / "endpoint.json"
 
@@ -85,10 +93,39 @@ class LocalEndpoint:
         self._clear(endpoint)
         return None
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the state folder's deploy lock; wait for another deploy or stop to finish."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with (self.state_dir / "deploy.lock").open("a") as lock:
+            deadline, waiting = time.monotonic() + self.lock_timeout, False
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise DeployError(
+                            f"another deploy or stop of the endpoint in {self.state_dir} has held its lock for "
+                            f"{self.lock_timeout:.0f}s; let it finish, or stop the process that holds "
+                            f"{self.state_dir / 'deploy.lock'}"
+                        ) from None
+                    if not waiting:
+                        self.log("another deploy of this endpoint is under way; waiting for it to finish")
+                        waiting = True
+                    time.sleep(0.2)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def deploy(self, version_dir: Path, version: str) -> Endpoint:
         """Serve ``version_dir`` at this endpoint. Returns once the new server is live and
-        the previous one (if any) has stopped."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        the previous one (if any) has stopped. Waits for a deploy or stop under way."""
+        with self._exclusive():
+            return self._deploy(Path(version_dir), version)
+
+    def _deploy(self, version_dir: Path, version: str) -> Endpoint:
         old = self.current()
         if old and (old.host != self.host or self.port not in (0, old.port)):
             raise DeployError(
@@ -99,7 +136,7 @@ class LocalEndpoint:
         probe = bind_listener("127.0.0.1", 0)
         port, probe_port = listener.getsockname()[1], probe.getsockname()[1]
         try:
-            endpoint, process = self._start(Path(version_dir), version, port, listener, probe)
+            endpoint, process = self._start(version_dir, version, port, listener, probe)
         finally:  # the server holds its own copies now
             listener.close()
             probe.close()
@@ -113,12 +150,13 @@ class LocalEndpoint:
 
     def stop(self) -> Endpoint | None:
         """Stop the endpoint's server, if one runs; returns what was stopped."""
-        endpoint = self.current()
-        if endpoint:
-            self._stop_process(endpoint)
-            self._clear(endpoint)
-            self.log(f"stopped the endpoint at {endpoint.url} (version {endpoint.version}, pid {endpoint.pid})")
-        return endpoint
+        with self._exclusive():
+            endpoint = self.current()
+            if endpoint:
+                self._stop_process(endpoint)
+                self._clear(endpoint)
+                self.log(f"stopped the endpoint at {endpoint.url} (version {endpoint.version}, pid {endpoint.pid})")
+            return endpoint
 
     def _bind(self) -> socket.socket:
         try:

@@ -11,6 +11,7 @@ import threading
 import time
 
 import numpy as np
+import psutil
 import pytest
 import requests
 
@@ -76,6 +77,59 @@ def test_redeploy_switches_versions_without_dropping_a_request(tiny_versions, tm
     assert local.current() is None and not _alive(second.pid)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{first.url}/v2/health/live", timeout=2)
+
+
+def _serving_pids(state_dir) -> list[int]:
+    """Every live server process started for this state folder (the process table, not our record)."""
+    return [
+        process.pid
+        for process in psutil.process_iter(["cmdline"])
+        if "mnist_serving" in (cmdline := " ".join(process.info["cmdline"] or [])) and str(state_dir) in cmdline
+    ]
+
+
+def test_two_deploys_at_once_take_turns(tiny_versions, tmp_path):
+    """Two runs deploying to the same endpoint at the same moment (two deployer objects, as
+    two runs would have): the second waits for the first; both succeed, one after the other,
+    and afterwards exactly one server runs: the recorded one. Clients see no failure.
+
+    Not covered: two machines sharing a state folder over a network filesystem (flock there
+    depends on the filesystem)."""
+    _, (v1, v2) = tiny_versions
+    state = tmp_path / "serving"
+    first = LocalEndpoint(state, port=0).deploy(v1.path, str(v1.version))
+    stop, results = threading.Event(), []
+    client = threading.Thread(target=_client, args=(first.url, stop, results, requests.Session()))
+    client.start()
+    outcomes: dict[str, object] = {}
+
+    def deploy(version) -> None:
+        try:
+            outcomes[str(version.version)] = LocalEndpoint(state, port=0).deploy(version.path, str(version.version))
+        except Exception as exc:  # noqa: BLE001 - the test reports whatever a deploy raised
+            outcomes[str(version.version)] = exc
+
+    try:
+        deployers = [threading.Thread(target=deploy, args=(version,)) for version in (v2, v1)]
+        for deployer in deployers:
+            deployer.start()
+        for deployer in deployers:
+            deployer.join(timeout=300)
+        time.sleep(0.5)
+        stop.set()
+        client.join()
+        assert all(not isinstance(outcome, Exception) for outcome in outcomes.values()), outcomes
+        recorded = LocalEndpoint(state).current()
+        assert recorded is not None and recorded.pid in {outcome.pid for outcome in outcomes.values()}
+        assert _serving_pids(state) == [recorded.pid], "a server other than the recorded one still runs"
+        assert [r for r in results if r[1] != 200] == [], "requests failed while the two deploys ran"
+        assert (
+            requests.post(f"{first.url}/v1/models/mnist:predict", json=IMAGE, timeout=10).json()["model_version"]
+            == recorded.version
+        )
+    finally:
+        LocalEndpoint(state).stop()
+    assert _serving_pids(state) == []
 
 
 def test_stale_state_with_a_dead_pid_is_cleared(tiny_versions, tmp_path):
