@@ -27,6 +27,10 @@ def main() -> None:
     parser.add_argument("--request-log-dir", type=Path, help="folder for the prediction log and feedback")
     ServerOptions.add_arguments(parser)
     args = parser.parse_args()
+    try:
+        options = ServerOptions.from_arguments(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from mnist_serving.request_log import RequestLog
@@ -38,7 +42,6 @@ def main() -> None:
     listeners = [socket.socket(fileno=fd) for fd in args.fd] or [bind_listener(args.host, args.port)]
     if args.handoff_socket:
         offer_listener(listeners[0], args.handoff_socket)
-    options = ServerOptions.from_arguments(args)
     request_log = (
         RequestLog(
             args.request_log_dir,

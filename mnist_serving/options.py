@@ -40,6 +40,22 @@ class ServerOptions:
     log_max_file_mb: float = _option(64.0, "rotate request log files at this size")
     log_max_files: int = _option(20, "request log files kept; the oldest go first")
 
+    def __post_init__(self) -> None:
+        """Refuse values the server cannot work with, naming the option."""
+        problems = [
+            f"{name} must be {rule}"
+            for name, ok, rule in (
+                ("max_batch", self.max_batch >= 1, "at least 1"),
+                ("max_body_bytes", self.max_body_bytes >= 4096, "at least 4096"),
+                ("input_sample_rate", 0 <= self.input_sample_rate <= 1, "between 0 and 1"),
+                ("log_max_file_mb", self.log_max_file_mb > 0, "above 0"),
+                ("log_max_files", self.log_max_files >= 1, "at least 1"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+
     @classmethod
     def _types(cls) -> dict[str, type]:
         return typing.get_type_hints(cls)
@@ -73,7 +89,10 @@ class ServerOptions:
                 values[option.name] = _parse_bool(raw) if kind is bool else kind(raw)
             except ValueError as exc:
                 raise ValueError(f"${ENV_PREFIX}{option.name.upper()}={raw!r}: {exc}") from None
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            raise ValueError(f"server options from ${ENV_PREFIX}*: {exc}") from None
 
     def argv(self) -> list[str]:
         """The command-line arguments that give a server exactly these options."""

@@ -55,6 +55,7 @@ class ModelDeployer(ConfigurableResource):
 
     @property
     def server_options(self) -> ServerOptions:
+        """From ``$MNIST_SERVER_<OPTION>`` (checked when the definitions load, see definitions.py)."""
         return ServerOptions.from_environment(os.environ)
 
     @property

@@ -7,6 +7,7 @@ set them through the environment)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from dagster._core.errors import DagsterConfigMappingFunctionError
 from mnist_assets.assets import production_monitoring
 from mnist_assets.config import PipelineConfig
 from mnist_assets.definitions import defs
+from mnist_serving.options import ServerOptions
 from resources import DataStore, ModelDeployer, ModelRegistry, RunConfigFile
 from resources.environment import environment_variables, from_environment
 
@@ -137,6 +139,25 @@ def test_resources_take_their_settings_from_the_environment(monkeypatch, tmp_pat
         with pytest.raises(ValueError, match=rf"\${variable}='{bad}'"):
             from_environment(ModelDeployer)
         monkeypatch.delenv(variable)
+
+
+def test_bad_server_options_are_refused_naming_them(monkeypatch):
+    assert ServerOptions.from_environment({"MNIST_SERVER_MAX_BATCH": "64"}).max_batch == 64
+    for variable, bad, message in [
+        ("MNIST_SERVER_MAX_BATCH", "0", "max_batch must be at least 1"),
+        ("MNIST_SERVER_INPUT_SAMPLE_RATE", "1.5", "input_sample_rate must be between 0 and 1"),
+        ("MNIST_SERVER_REQUEST_LOG", "maybe", "MNIST_SERVER_REQUEST_LOG='maybe'"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            ServerOptions.from_environment({variable: bad})
+    # The server's own command line refuses the same, naming the option.
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_serving", "--model-dir", str(ROOT), "--max-batch", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "max_batch must be at least 1" in result.stderr, result.stderr
 
 
 @pytest.mark.slow
