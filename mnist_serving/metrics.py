@@ -1,12 +1,28 @@
-"""Prometheus metrics, exported on the server's /metrics next to KServe's own."""
+"""Prometheus metrics, exported on the server's /metrics next to KServe's own.
+
+The alert rules and the dashboard (deploy/prometheus/rules.yml, deploy/grafana/) read these
+names and labels: rename one and those break (tests/test_prometheus_rules.py and
+tests/test_prometheus_e2e.py say so). Every labelled series the rules divide by or take rates of
+exists from the start at 0 (``OUTCOMES`` per protocol, the ten classes), so a first error or a
+first image of a class is a rise Prometheus sees, not a new series it cannot rate.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
+
+# mnist_requests_total{outcome}: how a prediction request ended, and so its HTTP status: ok (200),
+# invalid (400: refused by validation, with a message), error (500: failed after validation).
+# Not counted: what is refused before the model sees the request (404, 405, 413, 415, 503).
+OUTCOMES = ("ok", "invalid", "error")
+PROTOCOLS = ("v1", "v2")
+NUM_CLASSES = 10
 
 REQUESTS = Counter("mnist_requests_total", "Prediction requests", ["protocol", "outcome"])
 IMAGES = Counter("mnist_images_total", "Images scored")
 OOD_FLAGS = Counter("mnist_ood_flags_total", "Images flagged out of distribution by the concept model")
+PREDICTED_CLASS = Counter("mnist_predicted_class_total", "Images scored, by predicted class (0-9)", ["class"])
 LATENCY = Histogram(
     "mnist_request_latency_seconds",
     "Time to validate, score and encode one prediction request",
@@ -21,3 +37,16 @@ FEEDBACK = Counter(
     ["outcome"],
 )
 LOG_DROPPED = Gauge("mnist_request_log_dropped", "Predictions not logged because the log queue was full")
+
+for _protocol in PROTOCOLS:
+    for _outcome in OUTCOMES:
+        REQUESTS.labels(_protocol, _outcome)
+for _digit in range(NUM_CLASSES):
+    PREDICTED_CLASS.labels(str(_digit))
+
+
+def count_classes(class_ids: np.ndarray) -> None:
+    """Add one prediction's class ids (integers in 0..9) to mnist_predicted_class_total."""
+    for digit, count in enumerate(np.bincount(class_ids, minlength=NUM_CLASSES)):
+        if count:
+            PREDICTED_CLASS.labels(str(digit)).inc(int(count))

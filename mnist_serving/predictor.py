@@ -77,6 +77,7 @@ class MnistPredictor(Model):
         is_ood = concept > self.threshold
         metrics.IMAGES.inc(len(images))
         metrics.OOD_FLAGS.inc(int(is_ood.sum()))
+        metrics.count_classes(class_ids)
         return {"class_ids": class_ids, "probabilities": probabilities, "concept_score": concept, "is_ood": is_ood}
 
     def infer(
@@ -95,21 +96,24 @@ class MnistPredictor(Model):
         headers = headers or {}
         try:
             batch = to_model_input(images(), self.max_batch)
+            result = self.score(batch)
+            request_id = request_id or headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+            if self.request_log is not None and headers.get(TRAFFIC_HEADER) != TEST_TRAFFIC:
+                self.request_log.record(
+                    request_id,
+                    self.version,
+                    batch,
+                    result["class_ids"],
+                    result["probabilities"],
+                    result["concept_score"],
+                    result["is_ood"],
+                )
+            response = respond(result, request_id)
         except InvalidImages as exc:
             raise self.refuse(protocol, str(exc)) from None
-        result = self.score(batch)
-        request_id = request_id or headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        if self.request_log is not None and headers.get(TRAFFIC_HEADER) != TEST_TRAFFIC:
-            self.request_log.record(
-                request_id,
-                self.version,
-                batch,
-                result["class_ids"],
-                result["probabilities"],
-                result["concept_score"],
-                result["is_ood"],
-            )
-        response = respond(result, request_id)
+        except Exception:
+            metrics.REQUESTS.labels(protocol, "error").inc()  # the server answers 500
+            raise
         metrics.REQUESTS.labels(protocol, "ok").inc()
         metrics.LATENCY.labels(protocol).observe(time.perf_counter() - start)
         return response
