@@ -114,3 +114,19 @@ def postgres_server():
         pytest.skip(message)
     with PostgresServer(bin_dir) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def prometheus_binaries():
+    """prometheus and promtool (tests/prometheus_server.py). Without them the Prometheus tests
+    skip with the reason, except in CI, where .ci/run installs them and their absence is a
+    failure."""
+    from prometheus_server import find_binaries
+
+    binaries = find_binaries()
+    if binaries is None:
+        message = "prometheus/promtool are not installed (Debian: apt-get install prometheus; .ci/run does it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return binaries

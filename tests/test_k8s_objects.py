@@ -13,6 +13,8 @@ What this does NOT cover:
   controllers then do (scheduling, PVC binding: ReadWriteMany needs a storage class that has it);
 - the KServe InferenceService CRD (its schema is not bundled): only the pod spec embedded in its
   predictor is validated, as a Pod;
+- the Prometheus Operator's ServiceMonitor and PrometheusRule (monitoring.yaml): in
+  test_prometheus_rules.py;
 - the Role (test_k8s_rbac.py), the network policies (test_k8s_network_policy.py) and the
   cluster run config (test_cluster_run_config.py).
 """
@@ -76,6 +78,8 @@ def test_every_object_under_deploy_k8s_validates_against_kubernetes_1_30() -> No
     assert documents, "no manifests under deploy/k8s/"
     errors = []
     for name, obj in documents:
+        if obj["apiVersion"] == "monitoring.coreos.com/v1":
+            continue  # Prometheus Operator CRDs: test_prometheus_rules.py checks them
         if obj.get("kind") == "InferenceService":
             # A CRD: kubernetes_validate has no schema for it. Its predictor is a PodSpec plus
             # KServe's fields: that part is validated as a Pod; the CRD's own fields are not.
