@@ -1,5 +1,5 @@
 """Kubernetes stand-ins for tests: kmock's in-memory API server over real HTTP on 127.0.0.1, a
-node that runs Jobs as local processes, and a controller that marks Deployments rolled out.
+node that runs Jobs as local processes, and a controller that rolls Deployments out.
 
 Code under test talks to them exactly as it would to a cluster: the official ``kubernetes``
 client over HTTP, from any thread, configured by ``api_client()`` or a kubeconfig file.
@@ -8,7 +8,8 @@ One module per concern: ``api`` (the API server, each worked-around kmock gap ma
 where it is made), ``patches`` and ``selectors`` (what kmock does not interpret), ``running``
 (served on 127.0.0.1 by a thread; clients and kubeconfig), ``controllers`` (the watch loop the
 simulated controllers share), ``node`` (Jobs run as local processes), ``deployments``
-(Deployments marked rolled out), ``objects`` (shared helpers). Tests import from the package.
+(Deployments rolled out: status and pods), ``objects`` (shared helpers). Tests import from
+the package.
 
 What these stand-ins do NOT do, so a test that passes against them proves nothing about it:
 
@@ -28,13 +29,15 @@ What these stand-ins do NOT do, so a test that passes against them proves nothin
   config maps are not files and nothing persists except through the shared local disk.
 - No probes, lifecycle hooks, init or sidecar containers, security contexts, in-place
   restarts, resource limits or cgroups; ``restartPolicy: OnFailure`` retries as a new pod.
-- No real controllers: only the two simulated here. No ReplicaSets or pods for Deployments,
-  no Service endpoints, no garbage collection through ownerReferences, no TTL after
-  finished, no namespace termination, no Events, no Job backoff delay between retries.
+- No real controllers: only the two simulated here. No ReplicaSets (a Deployment's pods are
+  created and deleted by the simulated controller, owned by the Deployment itself, and stay
+  Pending), no Service endpoints (a Service's selector routes nothing), no garbage collection
+  through ownerReferences, no TTL after finished, no namespace termination, no Events, no Job
+  backoff delay between retries.
 - API surface: create/get/list/watch/replace/patch/delete and the ``status`` subresource
   (plus pod ``log``) of the built-in resources kmock bundles (core v1, apps/v1, batch/v1,
   ...). No server-side apply, dryRun, pagination, field managers, deletecollection, watch
-  bookmarks, delete options (propagationPolicy, grace periods, preconditions), or other
+  bookmarks, delete options other than preconditions (propagationPolicy, grace periods), or other
   subresources (scale, exec, attach, eviction, ...: they answer 404).
 """
 

@@ -269,6 +269,17 @@ class KubernetesApiEmulator(kmock.KubernetesEmulator):
             raise api_error(404, "NotFound", f'{_qualified(resource)} "{name}" not found')
         old = copy.deepcopy(stored.raw)
         meta = old["metadata"]
+        # Gap: kmock ignores delete options. Workaround: their preconditions (uid,
+        # resourceVersion) are honoured, a mismatch is a 409; other options are still ignored.
+        options = request.data if isinstance(request.data, dict) else {}
+        for key, wanted in (options.get("preconditions") or {}).items():
+            if wanted is not None and meta.get(key) != wanted:
+                raise api_error(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {_qualified(resource)} "{name}": Precondition failed: '
+                    f"{key}: {wanted}, {key} in object meta: {meta.get(key)}",
+                )
         if meta.get("finalizers"):  # marked; it goes when the last finalizer is removed
             if meta.get("deletionTimestamp"):
                 return old, []
