@@ -42,10 +42,16 @@ DEPLOYER_RULES = {
     ("apps", "deployments/status", "get"),
     ("", "services", "get"),
     ("", "services", "create"),
+    ("", "services", "patch"),
     ("", "services", "delete"),
+    ("", "pods", "list"),
     ("policy", "poddisruptionbudgets", "get"),
     ("policy", "poddisruptionbudgets", "create"),
     ("policy", "poddisruptionbudgets", "delete"),
+    ("coordination.k8s.io", "leases", "get"),
+    ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "update"),
+    ("coordination.k8s.io", "leases", "delete"),
 }
 EXPECTED_ROLES = {SERVICE_ACCOUNT: LAUNCHER_RULES, "mnist-deployer": DEPLOYER_RULES}
 SERVING_SERVICE_ACCOUNT = "mnist-serving"
@@ -152,7 +158,8 @@ def dagster_k8s_needs() -> set[tuple[str, str, str]]:
 def serving_deployer_needs() -> set[tuple[str, str, str]]:
     source = ROOT / "mnist_delivery" / "k8s_endpoint.py"
     assert source.is_file(), "mnist_delivery/k8s_endpoint.py is gone: drop its rules from deploy/k8s/rbac.yaml"
-    return api_calls(ast.parse(source.read_text()), {"apps": "apps", "core": "", "policy": "policy"})
+    clients = {"apps": "apps", "core": "", "policy": "policy", "coordination": "coordination.k8s.io"}
+    return api_calls(ast.parse(source.read_text()), clients)
 
 
 @pytest.mark.parametrize(
