@@ -10,8 +10,9 @@ What this covers:
 - deploy/k8s/monitoring.yaml: the PrometheusRule's spec.groups is exactly the rules file's
   groups; both objects against the fields of the prometheus-operator v1 CRDs that we use
   (types, required fields, duration patterns, transcribed from prometheus-operator v0.82-0.84;
-  unknown fields refused); the ServiceMonitor selects the serving Service built by
-  mnist_delivery.k8s_endpoint, on its port, and labels the job as the rules expect;
+  unknown fields refused); the ServiceMonitor selects the public serving Service built by
+  mnist_delivery.k8s_endpoint (not the blue/green colors' private ones), on its port, and labels
+  the job as the rules expect;
 - the Grafana provisioning files and dashboard: every panel has a query and uses the
   provisioned datasource.
 
@@ -33,7 +34,7 @@ import pytest
 import yaml
 from k8s_checks import DEPLOY, NAMESPACE, ROOT, k8s_documents
 
-from mnist_delivery.k8s_endpoint import SHIPPED, service
+from mnist_delivery.k8s_endpoint import COLORS, SHIPPED, service
 
 PROMETHEUS_DIR = DEPLOY / "prometheus"
 RULES = PROMETHEUS_DIR / "rules.yml"
@@ -250,7 +251,15 @@ def test_service_monitor_scrapes_the_serving_service():
     monitor = monitoring_objects()["ServiceMonitor"]["spec"]
     svc = service(SHIPPED)
     labels = svc["metadata"]["labels"]
-    assert monitor["selector"]["matchLabels"].items() <= labels.items()
+    # Of the public Service and the colors' private ones, only the public one: each serving pod
+    # is scraped once, and only the color that takes traffic.
+    services = [svc, *(service(SHIPPED, color) for color in COLORS)]
+    selected = [
+        s["metadata"]["name"]
+        for s in services
+        if monitor["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    ]
+    assert selected == [SHIPPED.name]
     assert monitor["namespaceSelector"]["matchNames"] == [svc["metadata"]["namespace"]]
     (endpoint,) = monitor["endpoints"]
     assert endpoint["port"] in {port["name"] for port in svc["spec"]["ports"]}
