@@ -233,14 +233,17 @@ def record(spec: ServingSpec, track: str, version: str, model_dir: str, promoted
 
 def service(spec: ServingSpec, track: str | None = None) -> dict:
     """The public Service (``track`` None: it selects blue until a promote switches it), or
-    one color's private Service, the candidate's address for its tests."""
+    one color's private Service, the candidate's address for its tests. Only the public one is
+    labelled with the app's name: what selects the endpoint's Services by it (the Prometheus
+    ServiceMonitor) finds one Service and scrapes each serving pod once."""
+    labels = {"app.kubernetes.io/part-of": "mnist-mlops", TRACK_LABEL: track} if track else _labels(spec)
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
             "name": track_name(spec, track) if track else spec.name,
             "namespace": spec.namespace,
-            "labels": _labels(spec, track),
+            "labels": labels,
         },
         "spec": {
             "selector": selector(spec, track or COLORS[0]),

@@ -130,10 +130,9 @@ def test_a_candidate_is_ready_beside_production_and_serves_publicly_only_once_pr
         assert candidate.endpoint.url == PUBLIC_URL
         green = _object(emulator, "apps/v1/deployments", "mnist-serving-green")
         assert green["status"]["availableReplicas"] == 2 and ("mnist-serving-green", 1) in controller.rollouts
-        assert _object(emulator, "v1/services", "mnist-serving-green")["spec"]["selector"] == {
-            "app.kubernetes.io/name": "mnist-serving",
-            TRACK_LABEL: "green",
-        }
+        green_service = _object(emulator, "v1/services", "mnist-serving-green")
+        assert green_service["spec"]["selector"] == {"app.kubernetes.io/name": "mnist-serving", TRACK_LABEL: "green"}
+        assert "app.kubernetes.io/name" not in green_service["metadata"]["labels"]  # scraped through the public one
         assert _object(emulator, "policy/v1/poddisruptionbudgets", "mnist-serving-green") is not None
         track, annotations = _public(emulator)
         assert (track, annotations[VERSION_ANNOTATION]) == ("blue", "1")
