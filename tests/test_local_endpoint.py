@@ -3,7 +3,6 @@ sockets and HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -130,22 +129,6 @@ def test_two_deploys_at_once_take_turns(tiny_versions, tmp_path):
     finally:
         LocalEndpoint(state).stop()
     assert _serving_pids(state) == []
-
-
-def test_stale_state_with_a_dead_pid_is_cleared(tiny_versions, tmp_path):
-    _, (v1, _) = tiny_versions
-    logs: list[str] = []
-    local = LocalEndpoint(tmp_path, port=0, log=logs.append)
-    dead = local.deploy(v1.path, "1")
-    local._stop_process(dead)  # the server dies, its state file stays behind
-    assert json.loads(local.state_file.read_text())["pid"] == dead.pid
-    try:
-        fresh = local.deploy(v1.path, "1")
-        assert fresh.pid != dead.pid
-        assert requests.get(f"{fresh.url}/v2/health/ready", timeout=5).status_code == 200
-        assert any(f"stale endpoint state: pid {dead.pid}" in line for line in logs)
-    finally:
-        local.stop()
 
 
 def test_port_in_use_by_another_process_is_a_clear_error(tiny_versions, tmp_path):
