@@ -24,6 +24,7 @@ import psutil
 from dagster import AssetKey, DagsterInstance
 from report import publish, table
 
+from mnist_assets.assets.models import run_model_dir
 from mnist_delivery.local_endpoint import LocalEndpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,14 +86,14 @@ def run_job(
     return wall, (peak_pss, peak_rss)
 
 
-def run_facts(home: Path) -> tuple[dict[str, float], float | None]:
-    """Seconds per step, and the deployment tests' own timing if the job ran them."""
+def run_facts(home: Path) -> tuple[str, dict[str, float], float | None]:
+    """The run's id, seconds per step, and the deployment tests' own timing if the job ran them."""
     with DagsterInstance.from_config(str(home)) as instance:
         (run,) = instance.get_runs(limit=1)
         steps = {s.step_key: round(s.end_time - s.start_time, 1) for s in instance.get_run_step_stats(run.run_id)}
         records = instance.fetch_materializations(AssetKey("deployment_test_results"), limit=1).records
     tested = records[0].asset_materialization.metadata.get("test_seconds") if records else None
-    return steps, (tested.value if tested else None)
+    return run.run_id, steps, (tested.value if tested else None)
 
 
 def main() -> None:
@@ -104,11 +105,13 @@ def main() -> None:
         work = Path(tmp)
         try:
             wall, peak = run_job(args.job, work, args.mirror)
-            steps, test_seconds = run_facts(work / "dagster_home")
+            run_id, steps, test_seconds = run_facts(work / "dagster_home")
         finally:
             LocalEndpoint(work / "serving").stop()
-        clf = json.loads((work / "data" / "models" / "classifier.metrics.json").read_text())
-        concept = json.loads((work / "data" / "models" / "concept_model.metrics.json").read_text())
+        clf, concept = (
+            json.loads((work / "data" / f"{run_model_dir(run_id, model)}.metrics.json").read_text())
+            for model in ("classifier", "concept_model")
+        )
     measured = {"wall_seconds": round(wall, 1), "peak_pss_gb": round(peak[0] / 1e9, 2)}
     if test_seconds is not None:
         measured["deployment_test_seconds"] = round(test_seconds, 1)

@@ -13,6 +13,8 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 from quick_config import quick_environment
 
+from mnist_assets.assets.models import run_model_dir
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +67,7 @@ def test_job_runs_steps_in_parallel_and_succeeds(tmp_path, real_mirrors):
         pytest.skip("one CPU: the multiprocess executor runs one step at a time")
     assert _overlap(steps["mnist_dataset"], steps["notmnist_dataset"]), "downloads did not run in parallel"
     assert _overlap(steps["mnist_classifier"], steps["mnist_concept_model"]), "trainings did not run in parallel"
-    assert (tmp_path / "data" / "models" / "classifier" / "saved_model.pb").exists()
+    assert (tmp_path / "data" / run_model_dir(run.run_id, "classifier") / "saved_model.pb").exists()
 
 
 def test_bad_value_fails_before_any_step(tmp_path):

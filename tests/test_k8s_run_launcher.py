@@ -54,6 +54,8 @@ from instance_config import deployed_home, deployed_instance, environment
 from k8s_emulator import PodRun, RunningEmulator, SimulatedNode, running_emulator
 from postgres_server import PASSWORD, Postgres
 
+from mnist_assets.assets.models import run_model_dir
+
 pytestmark = [pytest.mark.k8s, pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -317,7 +319,7 @@ def test_node_ran_the_job_and_the_run_succeeded(launched: Launched) -> None:
     assert "Pod status: Succeeded" in launched.debug_info
     assert "Last 25 log lines" in launched.debug_info  # the pod's log, served by the emulator
     for model in ("classifier", "concept_model"):
-        assert (launched.data_root / "models" / model / "saved_model.pb").is_file()
+        assert (launched.data_root / run_model_dir(launched.run.run_id, model) / "saved_model.pb").is_file()
 
 
 def test_launched_job_is_a_valid_kubernetes_job(launched: Launched) -> None:

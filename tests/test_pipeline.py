@@ -27,7 +27,7 @@ def chain(tmp_path_factory, real_mirrors):
     instance = DagsterInstance.ephemeral()
     try:
         runs = [job.execute_in_process(run_config=config, instance=instance) for _ in range(2)]
-        yield root, config, runs
+        yield root, config, runs, instance
     finally:
         LocalEndpoint(root / "serving").stop()
         instance.dispose()
@@ -39,13 +39,14 @@ def _served_version(url: str) -> str:
 
 
 def test_pipeline_publishes_deploys_and_tests_the_endpoint(chain):
-    root, _, (first, second) = chain
+    root, _, (first, second), _ = chain
     assert first.success and second.success
     repository = FileModelRepository(root / "models")
     assert repository.versions() == [1, 2]
     assert repository.aliases() == {"candidate": 2, "production": 2, "previous": 1}
     manifest = repository.get(2).manifest
     assert manifest["dagster_run_id"] == second.run_id
+    assert manifest["trained_in_run"] == {"classifier": second.run_id, "concept_model": second.run_id}
     assert len(manifest["data_checksums"]["mnist_dataset"]) == 4
     assert manifest["training"]["classifier"]["test_accuracy"] > 0.9
 
@@ -62,13 +63,14 @@ def test_pipeline_publishes_deploys_and_tests_the_endpoint(chain):
 
 
 def test_failed_deployment_tests_roll_back_to_the_previous_version(chain):
-    root, config, _ = chain
+    root, config, (_, second), instance = chain
     resources = quick_resources(root)
     impossible = {**config["deployment_tests"], "min_accuracy": 1.0}
     result = materialize(
         [uploaded_model, model_deployment, deployment_test_results],
         run_config={"ops": {"deployment_test_results": {"config": impossible}}},
         resources=resources,
+        instance=instance,  # where the models' latest materializations are
         raise_on_error=False,
     )
     assert not result.success
@@ -78,6 +80,8 @@ def test_failed_deployment_tests_roll_back_to_the_previous_version(chain):
 
     repository = FileModelRepository(root / "models")
     assert repository.get(3).failed.startswith("failed deployment tests")
+    # Not trained in this run: the models of the latest run that trained them.
+    assert repository.get(3).manifest["trained_in_run"] == {"classifier": second.run_id, "concept_model": second.run_id}
     assert repository.get(3).path.is_dir(), "a failed version is kept, not deleted"
     assert repository.aliases()["production"] == 2
     endpoint = json.loads((root / "serving" / "endpoint.json").read_text())
@@ -88,9 +92,10 @@ def test_failed_deployment_tests_roll_back_to_the_previous_version(chain):
 
 def test_a_first_version_that_fails_leaves_nothing_serving(chain, tmp_path):
     """With no earlier good version to roll back to, the failed one must not stay up."""
-    root, config, _ = chain
+    root, config, _, instance = chain
     result = materialize(
         [uploaded_model, model_deployment, deployment_test_results],
+        instance=instance,
         run_config={
             "ops": {"deployment_test_results": {"config": {**config["deployment_tests"], "min_accuracy": 1.0}}}
         },

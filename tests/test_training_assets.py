@@ -5,6 +5,7 @@ Runs in-process with few epochs; the multi-process job is covered by test_cli_jo
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from mnist_assets.assets import (
     notmnist_dataset,
     production_labels,
 )
+from mnist_assets.assets.models import KEEP_RUN_FOLDERS, RUNS_DIR, run_model_dir
 from mnist_ml.datasets import to_unit_float
 from mnist_ml.model_contract import read_concept_calibration
 from mnist_ml.savedmodel import LoadedModel
@@ -73,13 +75,17 @@ def test_classifier_export_accuracy_and_passing_check(trained):
     result, store = trained
     meta = result.asset_materializations_for_node("mnist_classifier")[0].metadata
     assert meta["test_accuracy"].value > 0.9
+    model_dir = meta["model_dir"].value
+    assert model_dir == run_model_dir(result.run_id, "classifier") == f"models/runs/{result.run_id}/classifier"
     mnist = store.load_arrays("mnist")
-    out = LoadedModel(store.path("models", "classifier"))(to_unit_float(mnist["x_test"][:500]))
+    out = LoadedModel(store.path(model_dir))(to_unit_float(mnist["x_test"][:500]))
     assert np.mean(out["class_ids"] == mnist["y_test"][:500]) > 0.85
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert checks["test_accuracy_at_least_minimum"].passed
-    metrics = json.loads(store.path("models", "classifier.metrics.json").read_text())
+    metrics = json.loads(store.path(f"{model_dir}.metrics.json").read_text())
     assert metrics["parameters"] == 784 * 256 + 256 + 256 * 64 + 64 + 64 * 10 + 10
+    plots = store.path("models", "runs", result.run_id, "plots")
+    assert (plots / "classifier_confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_concept_model_separates_notmnist(trained):
@@ -87,7 +93,8 @@ def test_concept_model_separates_notmnist(trained):
     meta = result.asset_materializations_for_node("mnist_concept_model")[0].metadata
     assert meta["notmnist_roc_auc"].value > 0.97
     assert meta["noisy_mnist_roc_auc"].value > 0.9
-    calibration = read_concept_calibration(store.path("models", "concept_model"))
+    assert meta["model_dir"].value == run_model_dir(result.run_id, "concept_model")
+    calibration = read_concept_calibration(store.path(meta["model_dir"].value))
     assert calibration["threshold"] == pytest.approx(meta["threshold"].value)
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert checks["detection_rate_at_least_minimum"].passed
@@ -109,3 +116,30 @@ def test_failing_check_is_recorded_as_blocking_error(trained, real_mirrors):
     assert evaluation.asset_check_key == AssetCheckKey(AssetKey("mnist_classifier"), "test_accuracy_at_least_minimum")
     assert not evaluation.passed
     assert evaluation.severity.value == "ERROR"
+
+
+def test_each_run_writes_its_own_folder_and_old_ones_are_pruned(trained, real_mirrors):
+    """A second run exports beside the first, leaving the first run's model untouched; run
+    folders beyond the newest KEEP_RUN_FOLDERS go, the current run's never. Not covered here:
+    what uploaded_model takes from them (tests/test_one_deploy_at_a_time.py)."""
+    result, store = trained
+    first = store.path(run_model_dir(result.run_id, "classifier"))
+    before = _tree(first)
+    stale = [store.path(RUNS_DIR, f"stale-{i}") for i in range(KEEP_RUN_FOLDERS + 1)]
+    for age, folder in enumerate(stale):
+        folder.mkdir(parents=True)
+        os.utime(folder, (1_000_000_000 + age,) * 2)  # older than any real run folder
+    config = _run_config(real_mirrors, classifier={"epochs": 1})
+    second = materialize(
+        [mnist_classifier],
+        run_config={"ops": {"mnist_classifier": config["ops"]["mnist_classifier"]}},
+        resources={"data_store": store},
+    )
+    assert store.path(run_model_dir(second.run_id, "classifier"), "saved_model.pb").is_file()
+    assert _tree(first) == before, "the second run touched the first run's model"
+    kept = {p.name for p in store.path(RUNS_DIR).iterdir() if not p.name.startswith(".")}
+    assert {result.run_id, second.run_id} <= kept and len(kept) == KEEP_RUN_FOLDERS
+
+
+def _tree(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -1,4 +1,16 @@
-"""Model assets: train, export as SavedModels, evaluate the exported artifact, gate it."""
+"""Model assets: train, export as SavedModels, evaluate the exported artifact, gate it.
+
+Invariants:
+- each run exports into its own folder, ``models/runs/<run id>/`` under the data store (the
+  SavedModel, ``<model>.metrics.json`` and ``plots/`` beside it), so two runs never write the
+  same files; the folder, relative to the data store, is the ``model_dir`` of the asset's
+  materialization, which is how ``uploaded_model`` finds it;
+- a SavedModel folder appears whole or not at all (``DataStore.publish_dir``); a retried step of
+  the same run replaces its own folder;
+- after each export the run folders beyond the newest ``KEEP_RUN_FOLDERS`` are deleted, never the
+  current run's nor the one either model's latest materialization names (what a later publish
+  without training would take). The registry keeps its own copy of every published version.
+"""
 
 import json
 
@@ -20,27 +32,52 @@ from mnist_ml import plots
 from mnist_ml.datasets import DIGITS, to_unit_float
 from mnist_ml.evaluation import add_uniform_noise, confusion_matrix, ood_report, per_class_accuracy
 from mnist_ml.model_contract import CLASSIFIER, CONCEPT_MODEL
+from mnist_ml.run_folders import prune_run_folders
 from resources import DataStore
 
 # TensorFlow modules are imported inside the assets: the orchestrating process and the data
 # steps then never load TensorFlow, which saves about a gigabyte per process.
 
 OWNERS = ["team:mlops"]
-CLASSIFIER_DIR = f"models/{CLASSIFIER}"
-CONCEPT_DIR = f"models/{CONCEPT_MODEL}"
+RUNS_DIR = "models/runs"
+KEEP_RUN_FOLDERS = 5
 
 
-def _record(data_store: DataStore, model_dir: str, fit, config, metrics: dict, pngs: dict[str, bytes]) -> dict:
-    """Write ``<model_dir>.metrics.json`` and the plots; return the shared metadata entries."""
+def run_model_dir(run_id: str, model: str) -> str:
+    """Where run ``run_id`` exports ``model``, relative to the data store."""
+    return f"{RUNS_DIR}/{run_id}/{model}"
+
+
+def _prune_run_folders(context: AssetExecutionContext, data_store: DataStore) -> None:
+    latest = (context.instance.get_latest_materialization_event(key) for key in MODEL_ASSETS.values())
+    protect = {context.run_id, *(event.run_id for event in latest if event)}
+    deleted = prune_run_folders(data_store.path(RUNS_DIR), KEEP_RUN_FOLDERS, protect)
+    if deleted:
+        context.log.info(f"pruned {len(deleted)} old run folder(s) under {RUNS_DIR}: {', '.join(deleted)}")
+
+
+def _record(
+    context: AssetExecutionContext,
+    data_store: DataStore,
+    model_dir: str,
+    fit,
+    config,
+    metrics: dict,
+    pngs: dict[str, bytes],
+) -> dict:
+    """Write ``<model_dir>.metrics.json`` and the plots beside the model, prune old run
+    folders; return the shared metadata entries."""
     facts = {"training_seconds": fit.seconds, "parameters": fit.model.count_params()}
     summary = {**metrics, **facts, "history": fit.history, "config": config.model_dump()}
     data_store.write_bytes(f"{model_dir}.metrics.json", json.dumps(summary, indent=2).encode())
-    prefix = model_dir.rsplit("/", 1)[-1]
+    run_dir, model = model_dir.rsplit("/", 1)
     for name, image in pngs.items():
-        data_store.write_bytes(f"plots/{prefix}_{name}.png", image)
+        data_store.write_bytes(f"{run_dir}/plots/{model}_{name}.png", image)
+    _prune_run_folders(context, data_store)
     return {
         **facts,
         **{name: metadata.png(image, name.replace("_", " ")) for name, image in pngs.items()},
+        "model_dir": model_dir,
         "saved_model": MetadataValue.path(str(data_store.path(model_dir))),
     }
 
@@ -66,9 +103,10 @@ def mnist_classifier(context: AssetExecutionContext, config: ClassifierConfig, d
     trained = train_classifier(
         x_train, y_train, config.architecture, config.hidden_units, config.fit_params(), context.log.info
     )
-    with data_store.publish_dir(CLASSIFIER_DIR) as scratch:
+    model_dir = run_model_dir(context.run_id, CLASSIFIER)
+    with data_store.publish_dir(model_dir) as scratch:
         export_classifier(trained.model, scratch)
-    exported = LoadedModel(data_store.path(CLASSIFIER_DIR))
+    exported = LoadedModel(data_store.path(model_dir))
     matrix = confusion_matrix(data["y_test"], exported(to_unit_float(data["x_test"]))["class_ids"])
     accuracy = float(np.trace(matrix) / matrix.sum())
     per_class = dict(zip(DIGITS, per_class_accuracy(matrix).tolist(), strict=True))
@@ -84,7 +122,7 @@ def mnist_classifier(context: AssetExecutionContext, config: ClassifierConfig, d
             "validation_accuracy": trained.history["val_accuracy"][-1],
             "production_labelled_images": len(extra["x"]),
             "per_class_accuracy": metadata.table(per_class, "digit", "accuracy"),
-            **_record(data_store, CLASSIFIER_DIR, trained, config, metrics, pngs),
+            **_record(context, data_store, model_dir, trained, config, metrics, pngs),
         },
         check_results=classifier_checks(accuracy, config.min_test_accuracy),
     )
@@ -107,7 +145,8 @@ def mnist_concept_model(context: AssetExecutionContext, config: ConceptModelConf
     mnist = data_store.load_arrays("mnist")
     notmnist = data_store.load_arrays("notmnist")
     trained = train_concept_model(mnist["x_train"], config.encoder_units, config.fit_params(), context.log.info)
-    with data_store.publish_dir(CONCEPT_DIR) as scratch:
+    model_dir = run_model_dir(context.run_id, CONCEPT_MODEL)
+    with data_store.publish_dir(model_dir) as scratch:
         export_concept_model(trained.fit.model, scratch)
         score = LoadedModel(scratch)
         threshold = calibrate_threshold(score(trained.validation_images)["score"], config.threshold_percentile)
@@ -134,7 +173,7 @@ def mnist_concept_model(context: AssetExecutionContext, config: ConceptModelConf
             "threshold": threshold,
             **{f"notmnist_{k}": v for k, v in notmnist_report.items()},
             **{f"noisy_mnist_{k}": v for k, v in noisy_report.items()},
-            **_record(data_store, CONCEPT_DIR, trained.fit, config, metrics, pngs),
+            **_record(context, data_store, model_dir, trained.fit, config, metrics, pngs),
         },
         check_results=concept_checks(
             notmnist_report["detection_rate"],
@@ -143,3 +182,7 @@ def mnist_concept_model(context: AssetExecutionContext, config: ConceptModelConf
             config.max_false_positive_rate,
         ),
     )
+
+
+# Model name -> the asset that trains it.
+MODEL_ASSETS = {CLASSIFIER: mnist_classifier.key, CONCEPT_MODEL: mnist_concept_model.key}

@@ -1,10 +1,30 @@
-"""Publish both models as one immutable registry version, with a manifest."""
+"""Publish both models as one immutable registry version, with a manifest.
+
+Invariants:
+- the models published are the ones this run trained; for a model this run did not train, the
+  one its asset's latest materialization recorded. Either way the folder comes from the
+  materialization's ``model_dir``, never from a shared path another run could overwrite, and
+  the log says which run each model came from;
+- the manifest names the publishing run (``dagster_run_id``) and, per model, the run that
+  trained it (``trained_in_run``); the data checksums follow the same rule as the models;
+- ``FileModelRepository.publish`` writes the version atomically and never overwrites one.
+"""
 
 import json
 
-from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    DagsterEventType,
+    EventLogEntry,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
-from mnist_assets.assets.models import CLASSIFIER_DIR, CONCEPT_DIR, OWNERS, mnist_classifier, mnist_concept_model
+from mnist_assets.assets.data import mnist_dataset, notmnist_dataset
+from mnist_assets.assets.models import MODEL_ASSETS, OWNERS, mnist_classifier, mnist_concept_model
 from mnist_ml.model_contract import (
     CLASSIFIER,
     CLASSIFIER_OUTPUTS,
@@ -23,8 +43,45 @@ SIGNATURES = {
     CONCEPT_MODEL: {"outputs": list(CONCEPT_OUTPUTS), "threshold": str(CONCEPT_SIDECAR)},
 }
 
+DATASET_CHECKSUMS = {mnist_dataset.key: "payload_sha256", notmnist_dataset.key: "archive_payload_sha256"}
 
-MODEL_FOLDERS = {CLASSIFIER: CLASSIFIER_DIR, CONCEPT_MODEL: CONCEPT_DIR}
+
+class Materializations:
+    """Each asset's materialization as this run made it, else its latest in the instance."""
+
+    def __init__(self, context: AssetExecutionContext) -> None:
+        self.context = context
+        records = context.instance.get_records_for_run(
+            context.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+        ).records
+        self.this_run = {r.event_log_entry.asset_materialization.asset_key: r.event_log_entry for r in records}
+
+    def get(self, key: AssetKey) -> EventLogEntry | None:
+        return self.this_run.get(key) or self.context.instance.get_latest_materialization_event(key)
+
+
+def _model_sources(context: AssetExecutionContext, found: Materializations) -> dict[str, EventLogEntry]:
+    """Per model, the materialization whose ``model_dir`` is published."""
+    sources = {}
+    for model, key in MODEL_ASSETS.items():
+        entry = found.get(key)
+        name = key.to_user_string()
+        if entry is None:
+            raise Failure(f"{name} has no materialization in this Dagster instance: materialize it first")
+        if "model_dir" not in entry.asset_materialization.metadata:
+            raise Failure(
+                f"{name}'s latest materialization (run {entry.run_id}) names no model_dir: materialize it again"
+            )
+        origin = (
+            "trained in this run" if key in found.this_run else "not trained in this run: its latest materialization"
+        )
+        context.log.info(f"{model} from run {entry.run_id} ({origin}): {_model_dir(entry)}")
+        sources[model] = entry
+    return sources
+
+
+def _model_dir(entry: EventLogEntry) -> str:
+    return entry.asset_materialization.metadata["model_dir"].value
 
 
 def _training_summary(data_store: DataStore, folder: str) -> dict:
@@ -33,14 +90,14 @@ def _training_summary(data_store: DataStore, folder: str) -> dict:
     return {key: value for key, value in summary.items() if key != "history"}
 
 
-def _data_checksums(context: AssetExecutionContext) -> dict:
-    """The checksums recorded by the latest materialization of each dataset."""
-    found = {}
-    for key, field in (("mnist_dataset", "payload_sha256"), ("notmnist_dataset", "archive_payload_sha256")):
-        event = context.instance.get_latest_materialization_event(AssetKey(key))
-        entry = event.asset_materialization.metadata.get(field) if event and event.asset_materialization else None
-        found[key] = entry.value if entry else "unknown: not materialized in this Dagster instance"
-    return found
+def _data_checksums(found: Materializations) -> dict:
+    """The checksums each dataset's materialization recorded."""
+    checksums = {}
+    for key, field in DATASET_CHECKSUMS.items():
+        event = found.get(key)
+        entry = event.asset_materialization.metadata.get(field) if event else None
+        checksums[key.to_user_string()] = entry.value if entry else "unknown: not materialized in this Dagster instance"
+    return checksums
 
 
 @asset(
@@ -52,20 +109,25 @@ def _data_checksums(context: AssetExecutionContext) -> dict:
     "(<root>/<model>/<version>/), with a manifest; the version becomes the 'candidate'.",
 )
 def uploaded_model(context: AssetExecutionContext, data_store: DataStore, registry: ModelRegistry):
-    training = {name: _training_summary(data_store, folder) for name, folder in MODEL_FOLDERS.items()}
+    found = Materializations(context)
+    sources = _model_sources(context, found)
+    folders = {model: _model_dir(entry) for model, entry in sources.items()}
+    trained_in = {model: entry.run_id for model, entry in sources.items()}
     manifest = {
         "dagster_run_id": context.run_id,
-        "data_checksums": _data_checksums(context),
-        "training": training,
+        "trained_in_run": trained_in,
+        "data_checksums": _data_checksums(found),
+        "training": {model: _training_summary(data_store, folder) for model, folder in folders.items()},
         "signatures": SIGNATURES,
     }
     repository = registry.repository()
-    version = repository.publish({name: data_store.path(f) for name, f in MODEL_FOLDERS.items()}, manifest)
+    version = repository.publish({model: data_store.path(folder) for model, folder in folders.items()}, manifest)
     repository.set_alias("candidate", version.version)
     context.log.info(f"published {version.name} version {version.version} at {version.path}")
     return MaterializeResult(
         metadata={
             "version": version.version,
+            "trained_in_run": MetadataValue.json(trained_in),
             "path": MetadataValue.path(str(version.path)),
             "manifest": MetadataValue.json(version.manifest),
             "aliases": MetadataValue.json(repository.aliases()),
