@@ -38,9 +38,10 @@ $(CHECKOV_VENV)/.installed: requirements/checkov.txt $(CONSTRAINTS)
 	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements/checkov.txt
 	touch $@
 
-$(DAGSTER_HOME)/dagster.yaml:
+# The local instance (telemetry off, one delivery run at a time), copied again when it changes.
+$(DAGSTER_HOME)/dagster.yaml: deploy/local/dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
-	printf 'telemetry:\n  enabled: false\n' > $@
+	cp deploy/local/dagster.yaml $@
 
 run: install $(DAGSTER_HOME)/dagster.yaml
 ifdef MIRROR

@@ -4,11 +4,10 @@ from dagster import AssetsDefinition, ConfigMapping, RunConfig, config_mapping, 
 from dagster_k8s import k8s_job_executor
 
 from mnist_assets.assets import (
-    deployment_test_results,
+    deliver_candidate,
     mnist_classifier,
     mnist_concept_model,
     mnist_dataset,
-    model_deployment,
     notmnist_dataset,
     production_labels,
     production_monitoring,
@@ -23,7 +22,7 @@ ASSET_SECTIONS = {
     notmnist_dataset: "notmnist",
     mnist_classifier: "classifier",
     mnist_concept_model: "concept_model",
-    deployment_test_results: "deployment_tests",
+    deliver_candidate: "deployment_tests",
     production_monitoring: "monitoring",
 }
 
@@ -38,27 +37,38 @@ def pipeline_config(assets: list[AssetsDefinition], pod_per_step: bool = False) 
         return RunConfig(
             execution={"config": {"per_step_k8s_config": gpus}} if pod_per_step else None,
             ops={
-                asset.key.to_python_identifier(): getattr(config, section)
-                for asset, section in ASSET_SECTIONS.items()
-                if asset in assets
+                asset.op.name: getattr(config, section) for asset, section in ASSET_SECTIONS.items() if asset in assets
             },
         )
 
     return spread
 
 
-def _job(name: str, assets: list[AssetsDefinition], description: str, pod_per_step: bool = False):
+# Every job that deploys carries this run tag. Each instance config we ship (deploy/local/
+# dagster.yaml, deploy/dagster.yaml, deploy/helm/values.yaml) lets one run with it be in
+# progress at a time; the run queue holds the others.
+DELIVERY_TAG = {"mnist/endpoint": "mnist"}
+
+
+def _job(
+    name: str,
+    assets: list[AssetsDefinition],
+    description: str,
+    pod_per_step: bool = False,
+    tags: dict[str, str] | None = None,
+):
     return define_asset_job(
         name,
         selection=assets,
         config=pipeline_config(assets, pod_per_step),
         description=description,
         executor_def=k8s_job_executor if pod_per_step else None,
+        tags=tags,
     )
 
 
 TRAINING = [mnist_dataset, notmnist_dataset, production_labels, mnist_classifier, mnist_concept_model]
-PIPELINE = [*TRAINING, uploaded_model, model_deployment, deployment_test_results]
+PIPELINE = [*TRAINING, uploaded_model, deliver_candidate]
 ALL_ASSETS = [*PIPELINE, production_monitoring]
 
 mnist_training = _job(
@@ -68,6 +78,7 @@ mnist_pipeline = _job(
     "mnist_pipeline",
     PIPELINE,
     "The whole chain: data, models, a registry version, the deployed endpoint and its tests.",
+    tags=DELIVERY_TAG,
 )
 mnist_pipeline_k8s = _job(
     "mnist_pipeline_k8s",
@@ -75,6 +86,7 @@ mnist_pipeline_k8s = _job(
     "mnist_pipeline with each step in its own Kubernetes pod (k8s_job_executor): the two downloads "
     "and the two trainings run in parallel pods. Data passes through the shared data and models volumes.",
     pod_per_step=True,
+    tags=DELIVERY_TAG,
 )
 monitoring = _job(
     "production_monitoring_job", [production_monitoring], "Summarize recent production traffic from the request log."

@@ -5,11 +5,15 @@ What this covers:
   service account, image, ConfigMaps, Secrets, DAGSTER_HOME);
 - the run Job that launcher creates, built by dagster-k8s itself: a valid 1.30 Job with a
   restricted pod, our volumes and service account;
-- the non-storage instance classes load.
+- the non-storage instance classes load;
+- the run queue's tag limit: with the tags the code location's jobs carry, Dagster's own
+  counter holds every deploying run while another is in progress, and no other run
+  (tests/run_queue.py).
 
 What this does NOT cover: the Postgres storages (tests/test_postgres_instance.py loads them
-against a real server), a launch against an API server (tests/test_k8s_run_launcher.py), the
-step Jobs (tests/test_k8s_jobs.py).
+against a real server, and the run queue limit from there), a launch against an API server
+(tests/test_k8s_run_launcher.py), the step Jobs (tests/test_k8s_jobs.py), a daemon holding a
+run in the queue (tests/test_one_deploy_at_a_time.py, on the local instance's same limit).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from k8s_checks import (
     load_dagster_yaml,
     run_k8s_config_problems,
 )
+from run_queue import DELIVERY_LIMIT, check_serializes_delivery
 
 pytestmark = pytest.mark.k8s
 __all__ = ["kubeconfig"]  # a fixture
@@ -75,3 +80,9 @@ def test_other_instance_classes_load() -> None:
         loaded = ConfigurableClassData(block["module"], block["class"], yaml.safe_dump(block.get("config", {})))
         assert loaded.rehydrate() is not None
     assert instance["local_artifact_storage"]["config"]["base_dir"].startswith("/data/")
+
+
+def test_one_delivery_run_at_a_time() -> None:
+    limits = load_dagster_yaml()["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert limits == [DELIVERY_LIMIT]
+    check_serializes_delivery(limits)

@@ -6,11 +6,19 @@ What this covers:
   webserver not exposed;
 - the security contexts and mounts the values give the user-code pod;
 - the run pods the values' launcher starts, built by dagster-k8s itself from the launcher config:
-  valid 1.30 Jobs, restricted pods, our volumes, service account and env.
+  valid 1.30 Jobs, restricted pods, our volumes, service account and env;
+- the run queue's tag limit, in a real Dagster instance whose run coordinator gets it as the
+  chart writes it, then given to Dagster's own counter with the tags our jobs carry
+  (tests/run_queue.py).
 
 What this does NOT cover: the chart itself. Its templates are not rendered (no helm and no
-network here). Three small pieces of template logic are assumed, each quoted from the chart
+network here). Four small pieces of template logic are assumed, each quoted from the chart
 source (dagster-io/dagster, helm/dagster/):
+- templates/helpers/instance/_run-coordinator.tpl ("dagsterYaml.runCoordinator.queued", included
+  by configmap-instance.yaml under ``run_coordinator:`` when the daemon and runCoordinator are
+  enabled) writes the limits as given: ``tag_concurrency_limits: {{
+  $queuedRunCoordinatorConfig.tagConcurrencyLimits | toYaml | nindent 2 }}``. The other keys it
+  writes (max_concurrent_runs, the module path) are not checked;
 - templates/helpers/instance/_run-launcher.tpl: a CustomRunLauncher's config goes into the
   instance as written (``config: {{ $customRunLauncherConfig.config | toYaml | nindent 2 }}``),
   so the launcher is built from our values as they are (``helm_run_launcher_config``);
@@ -29,6 +37,8 @@ user deployment sets from its image values): the test gives it as IMAGE. The cha
 from __future__ import annotations
 
 import pytest
+import yaml
+from dagster import DagsterInstance
 from k8s_checks import (
     IMAGE,
     NAMESPACE,
@@ -44,6 +54,7 @@ from k8s_checks import (
     run_k8s_config_problems,
     security_problems,
 )
+from run_queue import DELIVERY_LIMIT, check_serializes_delivery
 
 pytestmark = pytest.mark.k8s
 __all__ = ["kubeconfig"]  # a fixture
@@ -152,3 +163,17 @@ def test_helm_run_pods_are_valid_and_restricted(kubeconfig: str) -> None:
     if {"configMapRef": {"name": "mnist-settings"}} not in sources:
         problems.append("run Job from the Helm values: the mnist-settings ConfigMap is not carried into the run")
     assert not problems, "\n".join(problems)
+
+
+def test_helm_run_queue_allows_one_delivery_run_at_a_time(tmp_path) -> None:
+    daemon = load_helm_values()["dagsterDaemon"]
+    coordinator = daemon["runCoordinator"]
+    assert daemon["enabled"] and coordinator["enabled"] and coordinator["type"] == "QueuedRunCoordinator"
+    limits = coordinator["config"]["queuedRunCoordinator"]["tagConcurrencyLimits"]
+    written = {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"}
+    instance_yaml = {"run_coordinator": {**written, "config": {"tag_concurrency_limits": limits}}}
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml))
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        loaded = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+    assert loaded == [DELIVERY_LIMIT]
+    check_serializes_delivery(loaded)
