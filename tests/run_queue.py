@@ -12,19 +12,21 @@ from __future__ import annotations
 from dagster import DagsterRun
 from dagster._utils.tags import TagConcurrencyLimitsCounter
 
-from mnist_assets.assets import model_deployment
 from mnist_assets.definitions import defs
 
 DELIVERY_LIMIT = {"key": "mnist/endpoint", "limit": 1}
 
 
 def job_runs() -> tuple[list[DagsterRun], list[DagsterRun]]:
-    """A run of each job of the code location, with its tags: (those that deploy, the others)."""
+    """A run of each job of the code location, with its tags: (those that select an asset of the
+    delivery group, the others)."""
+    graph = defs.resolve_asset_graph()
     deploying, others = [], []
     for job in defs.jobs:
         resolved = defs.resolve_job_def(job.name)
         run = DagsterRun(job_name=job.name, tags=dict(resolved.tags))
-        (deploying if model_deployment.key in resolved.asset_layer.executable_asset_keys else others).append(run)
+        keys = resolved.asset_layer.executable_asset_keys
+        (deploying if any(graph.get(key).group_name == "delivery" for key in keys) else others).append(run)
     return deploying, others
 
 
