@@ -3,7 +3,8 @@ kubeconfig file: tests/instance_config.py) on a real PostgreSQL server started b
 (tests/postgres_server.py).
 
 Covered: ``dagster instance migrate`` on an empty database; every storage (runs, event log,
-schedules and sensor state) is the checked Postgres storage and holds its tables there; a run
+schedules and sensor state) is the checked Postgres storage and holds its tables there; the
+run queue is the QueuedRunCoordinator with the one-delivery-run limit; a run
 and its events written by one instance are read back by another; without a reachable database
 (nothing listening, or a wrong password) every entry point (the CLI, the daemon, the
 webserver, a run started from the CLI) stops within seconds with an error that names the host and the
@@ -27,9 +28,11 @@ from pathlib import Path
 
 import pytest
 from dagster import DagsterEvent, DagsterEventType, DagsterInstance, EventLogEntry
+from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._core.storage.dagster_run import DagsterRun
 from instance_config import deployed_home, environment
 from postgres_server import free_port
+from run_queue import DELIVERY_LIMIT
 
 from resources.dagster_storage import (
     CONNECTION_ENV,
@@ -64,6 +67,8 @@ def test_migrate_then_every_storage_is_postgres(tmp_path, postgres_server):
         assert type(instance.run_storage) is CheckedPostgresRunStorage
         assert type(instance.event_log_storage) is CheckedPostgresEventLogStorage
         assert type(instance.schedule_storage) is CheckedPostgresScheduleStorage
+        assert type(instance.run_coordinator) is QueuedRunCoordinator
+        assert instance.get_concurrency_config().run_queue_config.tag_concurrency_limits == [DELIVERY_LIMIT]
         run = instance.add_run(DagsterRun(job_name="mnist_training", run_id="a" * 8 + "-0000-0000-0000-000000000001"))
         instance.handle_new_event(
             EventLogEntry(
