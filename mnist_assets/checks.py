@@ -5,7 +5,7 @@ exactly the model just exported; thresholds come from the asset's config."""
 
 from __future__ import annotations
 
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue
 
 CLASSIFIER_ACCURACY = AssetCheckSpec(
     "test_accuracy_at_least_minimum",
@@ -70,6 +70,32 @@ DEPLOYMENT_CHECKS = [
     )
     for name, (value, bound, at_least) in DEPLOYMENT_GATES.items()
 ]
+
+
+CHAMPION_CHECK = AssetCheckSpec(
+    "no_worse_than_production",
+    asset="deployment_test_results",
+    blocking=True,
+    description="The candidate is no worse than the version serving now, beyond the configured margins "
+    "(accuracy, OOD detection, clean false positives, p99 latency), on the same sets through HTTP.",
+)
+
+
+def champion_check(comparisons: list, table: str, production_version: str | None) -> AssetCheckResult:
+    """``comparisons`` from ``mnist_delivery.gate.compare``; none when nothing served before."""
+    worse = [c.measure for c in comparisons if not c.passed]
+    if production_version is None:
+        description = "no version served before: only the absolute checks apply"
+    else:
+        description = f"worse than version {production_version}: {', '.join(worse)}" if worse else "no worse"
+    return AssetCheckResult(
+        check_name=CHAMPION_CHECK.name,
+        asset_key=CHAMPION_CHECK.asset_key,
+        passed=not worse,
+        severity=AssetCheckSeverity.ERROR,
+        description=description,
+        metadata={"comparison": MetadataValue.md(table or description)},
+    )
 
 
 def deployment_checks(values: dict[str, float], bounds: dict[str, float]) -> list[AssetCheckResult]:

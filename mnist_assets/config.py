@@ -12,6 +12,7 @@ from __future__ import annotations
 from dagster import Config
 from pydantic import Field
 
+from mnist_delivery.gate import Margins
 from mnist_ml.hyperparams import ARCHITECTURES, FitParams
 
 MNIST_MIRRORS = [
@@ -81,7 +82,9 @@ class ConceptModelConfig(TrainingConfig):
 
 
 class DeploymentTestConfig(Config):
-    """Gates on the deployed endpoint. Noisy digits use the concept model's own noise setting."""
+    """Gates on the candidate, tested at its private address before it takes traffic: absolute
+    bounds, and margins against the version serving now (champion/challenger, same sets).
+    Noisy digits use the concept model's own noise setting."""
 
     min_accuracy: float = Field(default=0.97, ge=0, le=1, description="MNIST test accuracy through the endpoint.")
     min_notmnist_flag_rate: float = Field(default=0.95, ge=0, le=1, description="notMNIST flagged as OOD.")
@@ -89,6 +92,24 @@ class DeploymentTestConfig(Config):
     max_clean_flag_rate: float = Field(default=0.02, ge=0, le=1, description="Clean MNIST test digits flagged.")
     max_p99_latency_ms: float = Field(default=50.0, gt=0, description="Single-image requests, one at a time.")
     latency_requests: int = Field(default=200, ge=10, le=100_000, description="Single-image requests to time.")
+    max_accuracy_drop_points: float = Field(
+        default=0.5, ge=0, le=100, description="vs production: accuracy may drop at most this many points."
+    )
+    max_detection_drop_points: float = Field(
+        default=1.0, ge=0, le=100, description="vs production: notMNIST and noisy detection may drop this much."
+    )
+    max_false_positive_rise_points: float = Field(
+        default=1.0, ge=0, le=100, description="vs production: clean digits flagged may rise this many points."
+    )
+    max_p99_ratio: float = Field(default=1.5, ge=1, description="vs production: p99 latency at most this times.")
+
+    def margins(self) -> Margins:
+        return Margins(
+            self.max_accuracy_drop_points,
+            self.max_detection_drop_points,
+            self.max_false_positive_rise_points,
+            self.max_p99_ratio,
+        )
 
 
 class MonitoringConfig(Config):

@@ -9,9 +9,9 @@ TRAINING_POD = {
         }
     }
 }
-# The delivery steps (model_deployment, deployment_test_results: deploy, test, roll back) run
-# as mnist-deployer, the only service account allowed to change the serving Deployment,
-# Service and PodDisruptionBudget (deploy/k8s/rbac.yaml). Every other pod runs as mnist-dagster.
+# The delivery step (deliver_candidate: start the candidate, test it, move traffic, roll back) runs
+# as mnist-deployer, the only service account allowed to change the serving Deployments,
+# Services, PodDisruptionBudgets and the deploy Lease (deploy/k8s/rbac.yaml). Every other pod runs as mnist-dagster.
 DEPLOYER_SERVICE_ACCOUNT = "mnist-deployer"
 DELIVERY_POD = {
     "dagster-k8s/config": {

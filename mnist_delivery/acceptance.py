@@ -71,20 +71,26 @@ class AcceptanceReport:
         return {**summary, "malformed_rejected": self.malformed_rejected}
 
 
-def single_image_latencies(client: EndpointClient, images: np.ndarray, requests_count: int) -> np.ndarray:
-    """Seconds per one-image v2 JSON request, sent one after another."""
-    seconds = []
+def single_image_latencies(
+    clients: list[EndpointClient], images: np.ndarray, requests_count: int
+) -> list[np.ndarray]:
+    """Seconds per one-image v2 JSON request, sent one after another, to each client in turn:
+    endpoints compared this way see the same machine load at the same moments."""
+    seconds: list[list[float]] = [[] for _ in clients]
     for i in range(requests_count):
-        start = time.perf_counter()
-        response = client.predict_json(images[i % len(images)][None])
-        seconds.append(time.perf_counter() - start)
-        if response.status_code != 200:
-            raise RuntimeError(f"single-image request failed with {response.status_code}: {response.text[:300]}")
-    return np.array(seconds)
+        for client, times in zip(clients, seconds, strict=True):
+            start = time.perf_counter()
+            response = client.predict_json(images[i % len(images)][None])
+            times.append(time.perf_counter() - start)
+            if response.status_code != 200:
+                raise RuntimeError(
+                    f"single-image request to {client.url} failed with {response.status_code}: {response.text[:300]}"
+                )
+    return [np.array(times) for times in seconds]
 
 
 def run_acceptance(
-    client: EndpointClient,
+    clients: dict[str, EndpointClient],
     mnist: dict[str, np.ndarray],
     notmnist: np.ndarray,
     *,
@@ -92,30 +98,48 @@ def run_acceptance(
     seed: int,
     latency_requests: int,
     log: Log = print,
-) -> AcceptanceReport:
-    """Accuracy on the MNIST test set, out-of-distribution flag rates on clean digits,
-    notMNIST and noisy digits, single-image latency and malformed-input handling."""
-    start = time.perf_counter()
+) -> dict[str, AcceptanceReport]:
+    """For each endpoint (by name), on the same fixed sets: accuracy on the MNIST test set,
+    out-of-distribution flag rates on clean digits, notMNIST and noisy digits, single-image
+    latency (measured interleaved across the endpoints) and malformed-input handling."""
     x_test, y_test = mnist["x_test"], mnist["y_test"]
-    clean = client.predict(x_test)
-    matrix = confusion_matrix(y_test, clean["class_ids"])
-    log(f"MNIST test through the endpoint: accuracy {np.trace(matrix) / matrix.sum():.4f}")
-    letters = client.predict(notmnist)
     noisy_images = add_uniform_noise(to_unit_float(x_test), noise_amplitude, seed)
-    noisy = client.predict(noisy_images)
-    milliseconds = single_image_latencies(client, x_test, latency_requests) * 1000
-    cases = malformed_requests(client.model)
-    malformed = {case.name: client.post(case.path, case.body, case.headers).status_code for case in cases}
-    return AcceptanceReport(
-        version=client.served_version(),
-        images=len(x_test) + len(notmnist) + len(noisy_images),
-        accuracy=float(np.trace(matrix) / matrix.sum()),
-        per_class_accuracy=per_class_accuracy(matrix).tolist(),
-        clean_flag_rate=float(np.mean(clean["is_ood"])),
-        notmnist_flag_rate=float(np.mean(letters["is_ood"])),
-        noisy_flag_rate=float(np.mean(noisy["is_ood"])),
-        latency_ms={f"p{q}": float(np.percentile(milliseconds, q)) for q in (50, 95, 99)},
-        latencies_ms=milliseconds.tolist(),
-        malformed=malformed,
-        seconds=time.perf_counter() - start,
-    )
+    timed = dict(zip(clients, single_image_latencies(list(clients.values()), x_test, latency_requests), strict=True))
+    reports = {}
+    for name, client in clients.items():
+        start = time.perf_counter()
+        clean = client.predict(x_test)
+        matrix = confusion_matrix(y_test, clean["class_ids"])
+        log(f"MNIST test through {name} ({client.url}): accuracy {np.trace(matrix) / matrix.sum():.4f}")
+        letters = client.predict(notmnist)
+        noisy = client.predict(noisy_images)
+        cases = malformed_requests(client.model)
+        malformed = {case.name: client.post(case.path, case.body, case.headers).status_code for case in cases}
+        milliseconds = timed[name] * 1000
+        reports[name] = AcceptanceReport(
+            version=client.served_version(),
+            images=len(x_test) + len(notmnist) + len(noisy_images),
+            accuracy=float(np.trace(matrix) / matrix.sum()),
+            per_class_accuracy=per_class_accuracy(matrix).tolist(),
+            clean_flag_rate=float(np.mean(clean["is_ood"])),
+            notmnist_flag_rate=float(np.mean(letters["is_ood"])),
+            noisy_flag_rate=float(np.mean(noisy["is_ood"])),
+            latency_ms={f"p{q}": float(np.percentile(milliseconds, q)) for q in (50, 95, 99)},
+            latencies_ms=milliseconds.tolist(),
+            malformed=malformed,
+            seconds=time.perf_counter() - start + float(timed[name].sum()),
+        )
+    return reports
+
+
+def smoke_test(client: EndpointClient, images: np.ndarray, expected_class_ids: np.ndarray, version: str) -> list[str]:
+    """After traffic moved: the public address answers as ``version`` with the class ids the
+    candidate gave for the same images at its private address. Returns what went wrong."""
+    problems = []
+    answered = client.served_version()
+    if answered != version:
+        problems.append(f"the public address answered as version {answered}, not {version}")
+    class_ids = client.predict(images)["class_ids"]
+    if not np.array_equal(class_ids, expected_class_ids):
+        problems.append(f"{int(np.sum(class_ids != expected_class_ids))} of {len(images)} class ids differ")
+    return problems

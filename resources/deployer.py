@@ -1,18 +1,22 @@
 """Puts a registry version behind the inference endpoint.
 
-``backend: local`` (the default) runs the KServe model server as a background process on
-this machine and swaps versions without dropping requests. ``backend: kubernetes`` runs
-it as a Deployment and Service in the cluster, pointed at the version on the ``models``
-volume. Both offer the same methods: ``deploy``, ``current``, ``stop`` and ``client``."""
+``backend: local`` (the default) runs the model server as background processes on this
+machine and swaps versions without dropping requests. ``backend: kubernetes`` runs it as
+blue/green Deployments behind one public Service, pointed at the version on the ``models``
+volume. Both offer the same methods (``mnist_delivery.backend.DeployBackend``): a
+``candidate`` started beside production and tested at its private address, ``promote``,
+``deploy``, ``current``, ``serving``, ``stop``; and ``client`` to talk to an endpoint."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from dagster import ConfigurableResource
 
-from mnist_delivery.backend import DeployBackend, Endpoint
+from mnist_delivery.backend import Candidate, DeployBackend, Endpoint, ServerProcess
 from mnist_delivery.client import EndpointClient
 from mnist_delivery.local_endpoint import LocalEndpoint
 from mnist_ml.download import folder_fingerprint
@@ -67,19 +71,33 @@ class ModelDeployer(ConfigurableResource):
         """A token that changes when labels arrive through the feedback route."""
         return folder_fingerprint(self.request_log_dir, "feedback*")
 
+    @contextmanager
+    def candidate(self, version_dir: Path, version: str, log: Log = print) -> Iterator[tuple[Candidate, DeployBackend]]:
+        """Start ``version_dir`` beside production, at a private address; yields it and the
+        backend to ``promote`` it with. Not promoted by the end of the block, it is stopped."""
+        backend = self._backend(log)
+        with backend.candidate(version_dir, version) as started:
+            yield started, backend
+
     def deploy(self, version_dir: Path, version: str, log: Log = print) -> Endpoint:
-        """Serve ``version_dir``; the previous version serves until the new one is ready."""
+        """Serve an already tested ``version_dir`` (rollback, promote by hand): candidate, then
+        promote; the previous version serves until the new one is ready."""
         return self._backend(log).deploy(version_dir, version)
 
     def current(self, log: Log = print) -> Endpoint | None:
         return self._backend(log).current()
 
+    def serving(self, log: Log = print) -> list[ServerProcess]:
+        """Every server process or pod of the endpoint, with its version and role."""
+        return self._backend(log).serving()
+
     def stop(self, log: Log = print) -> Endpoint | None:
         return self._backend(log).stop()
 
-    def client(self, endpoint: Endpoint, traffic: str | None = None) -> EndpointClient:
-        """A client for the endpoint; ``traffic="test"`` keeps its requests out of the log."""
-        return EndpointClient(endpoint.url, traffic=traffic, max_batch=self.server_options.max_batch)
+    def client(self, url: str, traffic: str | None = None) -> EndpointClient:
+        """A client for the endpoint (or a candidate) at ``url``; ``traffic="test"`` keeps its
+        requests out of the request log."""
+        return EndpointClient(url, traffic=traffic, max_batch=self.server_options.max_batch)
 
     def _backend(self, log: Log) -> DeployBackend:
         if self.backend == "kubernetes":

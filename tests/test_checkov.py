@@ -49,7 +49,7 @@ def generated_objects(kubeconfig: str) -> dict[str, list[dict]]:
     """File name: the objects our code builds, as it would send them."""
     steps = {
         step: _step_job(step, {"dagster-k8s/config": json.dumps(tags["dagster-k8s/config"])}, kubeconfig)
-        for step, tags in (("mnist_classifier", TRAINING_POD), ("model_deployment", DELIVERY_POD))
+        for step, tags in (("mnist_classifier", TRAINING_POD), ("deliver_candidate", DELIVERY_POD))
     }
     dagster_yaml = launcher_from_config(load_dagster_yaml()["run_launcher"]["config"], kubeconfig)
     helm = launcher_from_config(helm_run_launcher_config(load_helm_values()), kubeconfig)

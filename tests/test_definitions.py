@@ -70,7 +70,7 @@ def test_run_config_file_lists_every_parameter_and_validates():
     resolved = validate_run_config(defs.resolve_job_def("mnist_training"), config)
     assert resolved["ops"]["mnist_classifier"]["config"]["hidden_units"] == [256, 64]
     pipeline = validate_run_config(defs.resolve_job_def("mnist_pipeline"), config)
-    assert pipeline["ops"]["deployment_test_results"]["config"]["min_accuracy"] == 0.97
+    assert pipeline["ops"]["deliver_candidate"]["config"]["min_accuracy"] == 0.97
 
 
 @pytest.mark.parametrize(

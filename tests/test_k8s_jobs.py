@@ -91,7 +91,7 @@ def test_serving_pod_without_request_log_mounts_no_data():
 
 @pytest.mark.parametrize(
     ("step", "tags", "account"),
-    [("mnist_classifier", TRAINING_POD, "mnist-dagster"), ("model_deployment", DELIVERY_POD, "mnist-deployer")],
+    [("mnist_classifier", TRAINING_POD, "mnist-dagster"), ("deliver_candidate", DELIVERY_POD, "mnist-deployer")],
 )
 def test_step_jobs_built_by_dagster_k8s_validate_and_run_restricted(step, tags, account, kubeconfig):
     (node,) = [n for n in defs.resolve_job_def("mnist_pipeline_k8s").nodes if n.name == step]

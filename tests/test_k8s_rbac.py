@@ -189,6 +189,6 @@ def test_only_the_delivery_steps_run_as_the_deployer() -> None:
     }
     assert DEPLOYER_SERVICE_ACCOUNT == "mnist-deployer" and ("Role", DEPLOYER_SERVICE_ACCOUNT) in rbac_objects()
     deployers = {name for name, account in accounts.items() if account == DEPLOYER_SERVICE_ACCOUNT}
-    assert deployers == {"model_deployment", "deployment_test_results"}
+    assert deployers == {"deliver_candidate"}
     assert {account for name, account in accounts.items() if name not in deployers} == {None}  # the run's own
     assert not job.tags.get("dagster-k8s/config"), "a job tag would change the run pod"

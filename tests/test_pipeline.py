@@ -1,6 +1,10 @@
 """The whole mnist_pipeline through Dagster on the real data, with one epoch per model:
-publish, deploy and test a real endpoint; re-run to publish and swap in a new version;
-then fail the deployment tests on purpose and watch the rollback."""
+publish, test the candidate at its private address, move traffic to it; re-run to publish,
+compare with production and swap in a new version; then fail the candidate's tests on
+purpose (absolute gates, then the champion/challenger gate) and see that it never serves.
+
+Not covered here: SIGKILLs during a deploy (tests/test_deploy_faults.py) and the Kubernetes
+backend (tests/test_k8s_serving.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import requests
 from dagster import DagsterInstance, materialize
 from quick_config import quick_job, quick_resources, quick_run_config
 
-from mnist_assets.assets import deployment_test_results, model_deployment, uploaded_model
+from mnist_assets.assets import deliver_candidate, uploaded_model
 from mnist_delivery.local_endpoint import LocalEndpoint
 from mnist_ml.registry import FileModelRepository
 
@@ -50,36 +54,48 @@ def test_pipeline_publishes_deploys_and_tests_the_endpoint(chain):
     assert len(manifest["data_checksums"]["mnist_dataset"]) == 4
     assert manifest["training"]["classifier"]["test_accuracy"] > 0.9
 
-    deployed = second.asset_materializations_for_node("model_deployment")[0].metadata
+    materialized = {
+        e.asset_key.to_user_string(): e.event_specific_data.materialization.metadata
+        for e in second.get_asset_materialization_events()
+    }
+    deployed, tested = materialized["model_deployment"], materialized["deployment_test_results"]
     assert deployed["version"].value == 2 and deployed["previous_version"].value == 1
     endpoint = json.loads((root / "serving" / "endpoint.json").read_text())
     assert _served_version(endpoint["url"]) == "2"
+    assert deployed["url"].value == endpoint["url"] != deployed["tested_at"].value  # tested privately
+    assert deployed["traffic_moved_at"].value
 
-    tested = second.asset_materializations_for_node("deployment_test_results")[0].metadata
-    assert tested["tested_version"].value == 2
+    assert tested["tested_version"].value == 2 and tested["production_version"].value == "1"
+    assert "| MNIST accuracy |" in tested["versus_production"].value
     assert all(400 <= status < 500 for status in tested["malformed_requests"].value.values())
     checks = {e.check_name: e.passed for e in second.get_asset_check_evaluations()}
     assert checks["endpoint_accuracy"] and checks["malformed_requests_rejected"] and checks["notmnist_flagged"]
+    assert checks["no_worse_than_production"]
 
 
-def test_failed_deployment_tests_roll_back_to_the_previous_version(chain):
+def test_a_candidate_that_fails_its_tests_never_serves(chain):
     root, config, (_, second), instance = chain
     resources = quick_resources(root)
+    serving_before = json.loads((root / "serving" / "endpoint.json").read_text())
     impossible = {**config["deployment_tests"], "min_accuracy": 1.0}
     result = materialize(
-        [uploaded_model, model_deployment, deployment_test_results],
-        run_config={"ops": {"deployment_test_results": {"config": impossible}}},
+        [uploaded_model, deliver_candidate],
+        run_config={"ops": {"deliver_candidate": {"config": impossible}}},
         resources=resources,
         instance=instance,  # where the models' latest materializations are
         raise_on_error=False,
     )
     assert not result.success
-    failure = result.failure_data_for_node("deployment_test_results").error.message
-    assert "version 3 failed deployment tests: endpoint_accuracy" in failure
+    failure = result.failure_data_for_node("deliver_candidate").error.message
+    assert "version 3 failed its tests before taking traffic: endpoint_accuracy" in failure
     assert "now serving version 2 at http://127.0.0.1:" in failure
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "model_deployment" not in materialized and "deployment_test_results" in materialized
+    # The server of version 2 was never replaced, not even for a moment.
+    assert json.loads((root / "serving" / "endpoint.json").read_text()) == serving_before
 
     repository = FileModelRepository(root / "models")
-    assert repository.get(3).failed.startswith("failed deployment tests")
+    assert repository.get(3).failed.startswith("failed its tests before taking traffic")
     # Not trained in this run: the models of the latest run that trained them.
     assert repository.get(3).manifest["trained_in_run"] == {"classifier": second.run_id, "concept_model": second.run_id}
     assert repository.get(3).path.is_dir(), "a failed version is kept, not deleted"
@@ -94,11 +110,9 @@ def test_a_first_version_that_fails_leaves_nothing_serving(chain, tmp_path):
     """With no earlier good version to roll back to, the failed one must not stay up."""
     root, config, _, instance = chain
     result = materialize(
-        [uploaded_model, model_deployment, deployment_test_results],
+        [uploaded_model, deliver_candidate],
         instance=instance,
-        run_config={
-            "ops": {"deployment_test_results": {"config": {**config["deployment_tests"], "min_accuracy": 1.0}}}
-        },
+        run_config={"ops": {"deliver_candidate": {"config": {**config["deployment_tests"], "min_accuracy": 1.0}}}},
         resources={
             **quick_resources(tmp_path),
             "data_store": quick_resources(root)["data_store"],  # the chain's data, a new registry and endpoint
@@ -106,9 +120,41 @@ def test_a_first_version_that_fails_leaves_nothing_serving(chain, tmp_path):
         raise_on_error=False,
     )
     assert not result.success
-    assert (
-        "now serving nothing: the endpoint was stopped"
-        in result.failure_data_for_node("deployment_test_results").error.message
-    )
+    assert "now serving nothing" in result.failure_data_for_node("deliver_candidate").error.message
     assert LocalEndpoint(tmp_path / "serving").current() is None
+    assert LocalEndpoint(tmp_path / "serving")._running() == []
     assert FileModelRepository(tmp_path / "models").get(1).failed
+
+
+def test_a_candidate_worse_than_production_is_refused_by_the_gate(chain, tiny_versions):
+    """Absolute bounds made trivial, so only champion/challenger can refuse: an untrained
+    candidate (the tiny test models) against the trained production version."""
+    root, config, _, instance = chain
+    repository = FileModelRepository(root / "models")
+    production = repository.resolve("production")
+    untrained = {name: tiny_versions[1][0].path / name for name in ("classifier", "concept_model")}
+    worse = repository.publish(untrained, {"training": production.manifest["training"], "note": "untrained"})
+    repository.set_alias("candidate", worse.version)
+    anything_goes = {
+        **config["deployment_tests"],
+        **{"min_accuracy": 0.0, "min_notmnist_flag_rate": 0.0, "min_noisy_flag_rate": 0.0},
+        **{"max_clean_flag_rate": 1.0, "max_p99_latency_ms": 10_000.0},
+    }
+    result = materialize(
+        [deliver_candidate],
+        run_config={"ops": {"deliver_candidate": {"config": anything_goes}}},
+        resources=quick_resources(root),
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = result.failure_data_for_node("deliver_candidate").error.message
+    assert f"version {worse.version} failed its tests before taking traffic: no_worse_than_production" in failure
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not checks["no_worse_than_production"].passed
+    assert checks["endpoint_accuracy"].passed
+    assert "MNIST accuracy" in checks["no_worse_than_production"].description
+    assert repository.aliases()["production"] == production.version
+    assert _served_version(json.loads((root / "serving" / "endpoint.json").read_text())["url"]) == str(
+        production.version
+    )

@@ -6,7 +6,7 @@ import numpy as np
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from mnist_assets import metadata
-from mnist_assets.assets.delivery import model_deployment
+from mnist_assets.assets.delivery import MODEL_DEPLOYMENT
 from mnist_assets.assets.models import OWNERS
 from mnist_assets.config import MonitoringConfig
 from mnist_delivery.traffic import window_traffic
@@ -25,7 +25,7 @@ def training_class_counts(data_store: DataStore) -> list[int]:
 @asset(
     group_name="monitoring",
     owners=OWNERS,
-    deps=[model_deployment],
+    deps=[MODEL_DEPLOYMENT.key],
     description="A window of production traffic from the request log: volume, out-of-distribution "
     "rate and trend, predicted classes vs training (PSI, chi-square), confidence, accuracy where "
     "labels were fed back, and the most out-of-distribution inputs.",
