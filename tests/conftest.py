@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 
@@ -81,9 +82,11 @@ def real_mirrors() -> dict[str, list[str]]:
 @pytest.fixture(scope="session")
 def tiny_versions(tmp_path_factory):
     """A registry with two published versions of small untrained models: real SavedModels
-    with the real signatures, quick to build. Their predictions are meaningless."""
+    with the real signatures and their ONNX export (checked for parity on random images, as
+    publishing does on the test digits), quick to build. Their predictions are meaningless."""
     from mnist_ml.classifier import build_classifier
     from mnist_ml.concept import build_autoencoder
+    from mnist_ml.onnx_export import ONNX_ARTIFACT, export_checked
     from mnist_ml.registry import FileModelRepository
     from mnist_ml.savedmodel import export_classifier, export_concept_model, write_concept_calibration
 
@@ -95,7 +98,10 @@ def tiny_versions(tmp_path_factory):
         export_classifier(build_classifier("dense", [16], seed=seed), artifacts["classifier"])
         export_concept_model(build_autoencoder([32, 8], seed=seed), artifacts["concept_model"])
         write_concept_calibration(artifacts["concept_model"], {"threshold": 0.2, "percentile": 99.0})
-        versions.append(repository.publish(artifacts, {"note": f"tiny seed {seed}"}))
+        images = np.random.default_rng(seed).random((256, 28, 28), dtype=np.float32)
+        onnx = export_checked(artifacts, root / f"onnx{seed}", images)
+        artifacts[ONNX_ARTIFACT] = root / f"onnx{seed}"
+        versions.append(repository.publish(artifacts, {"note": f"tiny seed {seed}", "onnx": onnx}))
     return repository, versions
 
 

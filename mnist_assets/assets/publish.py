@@ -7,10 +7,15 @@ Invariants:
   the log says which run each model came from;
 - the manifest names the publishing run (``dagster_run_id``) and, per model, the run that
   trained it (``trained_in_run``); the data checksums follow the same rule as the models;
-- ``FileModelRepository.publish`` writes the version atomically and never overwrites one.
+- ``FileModelRepository.publish`` writes the version atomically and never overwrites one;
+- the version holds both models as one ONNX graph too (what the endpoint serves), checked for
+  parity with the SavedModels on the 10,000 MNIST test digits before publishing: the figures are
+  in the manifest (``onnx``), and a version that fails parity is not published (``onnx_export``).
 """
 
 import json
+import tempfile
+from pathlib import Path
 
 from dagster import (
     AssetExecutionContext,
@@ -25,6 +30,7 @@ from dagster import (
 
 from mnist_assets.assets.data import mnist_dataset, notmnist_dataset
 from mnist_assets.assets.models import MODEL_ASSETS, OWNERS, mnist_classifier, mnist_concept_model
+from mnist_ml.datasets import load_mnist, to_unit_float
 from mnist_ml.model_contract import (
     CLASSIFIER,
     CLASSIFIER_OUTPUTS,
@@ -34,6 +40,7 @@ from mnist_ml.model_contract import (
     INPUT_NAME,
     SIGNATURE,
 )
+from mnist_ml.onnx_export import ONNX_ARTIFACT, ParityError, export_checked
 from resources import DataStore, ModelRegistry
 
 SIGNATURES = {
@@ -121,7 +128,15 @@ def uploaded_model(context: AssetExecutionContext, data_store: DataStore, regist
         "signatures": SIGNATURES,
     }
     repository = registry.repository()
-    version = repository.publish({model: data_store.path(folder) for model, folder in folders.items()}, manifest)
+    artifacts = {model: data_store.path(folder) for model, folder in folders.items()}
+    test_digits = to_unit_float(load_mnist(data_store.path("raw"))["x_test"])
+    with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp:
+        try:
+            manifest["onnx"] = export_checked(artifacts, Path(tmp) / ONNX_ARTIFACT, test_digits)
+        except ParityError as exc:
+            raise Failure(f"not published: {exc}") from None
+        context.log.info(f"ONNX export matches the SavedModels: {manifest['onnx']['parity']}")
+        version = repository.publish({**artifacts, ONNX_ARTIFACT: Path(tmp) / ONNX_ARTIFACT}, manifest)
     repository.set_alias("candidate", version.version)
     context.log.info(f"published {version.name} version {version.version} at {version.path}")
     return MaterializeResult(

@@ -1,0 +1,165 @@
+"""Both models of a registry version as one ONNX graph, checked against the SavedModels.
+
+The endpoint serves this graph with ONNX Runtime (no TensorFlow in the serving process); the
+SavedModels stay the published artifacts and the reference. ``export_checked`` runs at publish
+time, before the version exists: it writes ``ONNX_FILE`` into a folder that is published as the
+version's ``ONNX_ARTIFACT`` sub-folder, and returns the manifest's ``onnx`` entry.
+
+Invariants:
+- the graph is built from the SavedModels' own variables, in their order: (kernel, bias) pairs,
+  4-D kernels being the classifier's conv blocks (ReLU, 2x2 max-pool), 2-D ones dense layers
+  (ReLU, the last one logits for the classifier and sigmoid for the autoencoder), i.e. the
+  layers ``build_classifier`` and ``build_autoencoder`` make. Anything else is caught by parity;
+- one input ``imgs`` float32 [N, 28, 28] in [0, 1], outputs ``class_ids`` int64 [N],
+  ``probabilities`` float32 [N, 10] and ``concept_score`` float32 [N], one call for both models;
+- parity on the given images (at publish, the 10,000 MNIST test digits): class ids identical,
+  probabilities and concept scores within ``TOLERANCE`` (absolute). ``export_checked`` raises
+  ``ParityError`` otherwise, and the caller must not publish the version.
+
+TensorFlow is imported only where the SavedModels are read, so the serving side can import
+``ONNX_ARTIFACT``/``ONNX_FILE`` without it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+from onnx import TensorProto, helper, numpy_helper
+
+from mnist_ml.model_contract import CLASSIFIER, CONCEPT_MODEL, INPUT_NAME, SIGNATURE
+
+ONNX_ARTIFACT = "onnx"  # the version's sub-folder
+ONNX_FILE = "mnist.onnx"
+OPSET = 17
+IR_VERSION = 9
+TOLERANCE = 1e-5
+GRAPH_OUTPUTS = ("class_ids", "probabilities", "concept_score")
+
+
+class ParityError(ValueError):
+    """The ONNX graph does not reproduce the SavedModels: the version must not be published."""
+
+
+class _SavedModel:
+    """A SavedModel's variables (numpy, in layer order) and its serving signature on numpy images."""
+
+    def __init__(self, path: Path) -> None:
+        import tensorflow as tf  # only here: the serving side imports this module without TensorFlow
+
+        self._tf, loaded = tf, tf.saved_model.load(str(path))
+        self.weights = [variable.numpy() for variable in loaded.variables]
+        self._signature = loaded.signatures[SIGNATURE]
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self._signature(**{INPUT_NAME: self._tf.constant(images)})
+        return {name: tensor.numpy() for name, tensor in outputs.items()}
+
+
+class _Graph:
+    """Accumulates nodes and initializers; each ``op`` returns its (single) output's name."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(self, kind: str, inputs: list[str], output: str | None = None, **attributes: Any) -> str:
+        output = output or f"{kind.lower()}_{len(self.nodes)}"
+        self.nodes.append(helper.make_node(kind, inputs, [output], **attributes))
+        return output
+
+
+def _layers(graph: _Graph, prefix: str, weights: list[np.ndarray], last: str) -> str:
+    """The layers of one model on ``imgs``; ``last`` is the final dense layer's activation."""
+    pairs = list(zip(weights[::2], weights[1::2], strict=True))
+    x = INPUT_NAME
+    convs = [(k, b) for k, b in pairs if k.ndim == 4]
+    if convs:  # NHWC with one channel is NCHW with one channel: reshape, no transpose
+        x = graph.op("Reshape", [x, graph.const(f"{prefix}_nchw", np.array([-1, 1, 28, 28], np.int64))])
+        for i, (kernel, bias) in enumerate(convs):
+            w = graph.const(f"{prefix}_conv{i}_w", kernel.transpose(3, 2, 0, 1))  # HWIO -> OIHW
+            x = graph.op("Relu", [graph.op("Conv", [x, w, graph.const(f"{prefix}_conv{i}_b", bias)])])
+            x = graph.op("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+        x = graph.op("Transpose", [x], perm=[0, 2, 3, 1])  # Keras flattens channels-last
+    x = graph.op("Reshape", [x, graph.const(f"{prefix}_flat", np.array([0, -1], np.int64))])
+    dense = [(k, b) for k, b in pairs if k.ndim == 2]
+    for i, (kernel, bias) in enumerate(dense):
+        x = graph.op("Gemm", [x, graph.const(f"{prefix}_w{i}", kernel), graph.const(f"{prefix}_b{i}", bias)])
+        if i < len(dense) - 1:
+            x = graph.op("Relu", [x])
+    return graph.op(last, [x]) if last else x
+
+
+def build_graph(classifier: list[np.ndarray], autoencoder: list[np.ndarray]) -> onnx.ModelProto:
+    """One graph for both models, from their weights (see the module's invariants)."""
+    graph = _Graph()
+    logits = _layers(graph, "classifier", classifier, "")
+    graph.op("Softmax", [logits], "probabilities", axis=-1)
+    graph.op("ArgMax", ["probabilities"], "class_ids", axis=1, keepdims=0)
+    reconstruction = _layers(graph, "concept", autoencoder, "Sigmoid")
+    flat = graph.op("Reshape", [INPUT_NAME, graph.const("concept_input_flat", np.array([0, -1], np.int64))])
+    error = graph.op("Sub", [reconstruction, flat])
+    graph.op("ReduceMean", [graph.op("Mul", [error, error])], "concept_score", axes=[1], keepdims=0)
+    batch = "N"
+    outputs = [
+        helper.make_tensor_value_info("class_ids", TensorProto.INT64, [batch]),
+        helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch, 10]),
+        helper.make_tensor_value_info("concept_score", TensorProto.FLOAT, [batch]),
+    ]
+    inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [batch, 28, 28])]
+    model = helper.make_model(
+        helper.make_graph(graph.nodes, "mnist", inputs, outputs, graph.initializers),
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="mnist_ml.onnx_export",
+    )
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def parity(classifier: _SavedModel, concept: _SavedModel, onnx_path: Path, images: np.ndarray) -> dict[str, Any]:
+    """How far the ONNX graph's outputs are from the SavedModels' on float32 [N, 28, 28] images."""
+    reference = {**classifier(images), **concept(images)}
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    served = dict(zip(GRAPH_OUTPUTS, session.run(list(GRAPH_OUTPUTS), {INPUT_NAME: images}), strict=True))
+    return {
+        "images": len(images),
+        "class_id_mismatches": int((served["class_ids"] != reference["class_ids"]).sum()),
+        "max_abs_probability_diff": float(np.abs(served["probabilities"] - reference["probabilities"]).max()),
+        "max_abs_concept_score_diff": float(np.abs(served["concept_score"] - reference["score"]).max()),
+        "tolerance": TOLERANCE,
+    }
+
+
+def export_checked(savedmodels: Mapping[str, Path], folder: Path, images: np.ndarray) -> dict[str, Any]:
+    """Write ``folder/ONNX_FILE`` for the two SavedModels and check parity on ``images``
+    (float32 [N, 28, 28] in [0, 1]); the manifest entry, or ParityError."""
+    start = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    classifier, concept = _SavedModel(savedmodels[CLASSIFIER]), _SavedModel(savedmodels[CONCEPT_MODEL])
+    onnx.save(build_graph(classifier.weights, concept.weights), str(folder / ONNX_FILE))
+    figures = parity(classifier, concept, folder / ONNX_FILE, images)
+    failed = (
+        figures["class_id_mismatches"] > 0
+        or not figures["max_abs_probability_diff"] <= TOLERANCE
+        or not figures["max_abs_concept_score_diff"] <= TOLERANCE
+    )
+    if failed:
+        raise ParityError(f"the ONNX export does not match the SavedModels: {figures}")
+    return {
+        "file": f"{ONNX_ARTIFACT}/{ONNX_FILE}",
+        "opset": OPSET,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "outputs": list(GRAPH_OUTPUTS),
+        "parity": figures,
+        "export_and_parity_s": round(time.perf_counter() - start, 2),
+    }

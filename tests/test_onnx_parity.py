@@ -1,0 +1,56 @@
+"""The publish-time ONNX export (mnist_ml.onnx_export): real SavedModels of both architectures
+exported to one ONNX graph, run with ONNX Runtime, compared with TensorFlow's outputs; a graph
+that does not reproduce the SavedModels is refused with ParityError.
+
+Covers: dense and CNN classifiers with the autoencoder, untrained (random weights give spread-out
+probabilities, a stricter check than a confident trained model), on random images. Does not
+cover: the 10,000 test digits and the manifest entry in a real publish (tests/test_pipeline.py
+runs the publish asset), nor serving the graph (tests/test_serving.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from mnist_ml.classifier import build_classifier
+from mnist_ml.concept import build_autoencoder
+from mnist_ml.model_contract import CLASSIFIER, CONCEPT_MODEL
+from mnist_ml.onnx_export import ONNX_FILE, TOLERANCE, ParityError, export_checked
+from mnist_ml.savedmodel import export_classifier, export_concept_model
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(0).random((500, 28, 28), dtype=np.float32)
+
+
+def _savedmodels(folder, architecture: str) -> dict:
+    paths = {CLASSIFIER: folder / CLASSIFIER, CONCEPT_MODEL: folder / CONCEPT_MODEL}
+    export_classifier(build_classifier(architecture, [32], seed=3), paths[CLASSIFIER])
+    export_concept_model(build_autoencoder([32, 8], seed=3), paths[CONCEPT_MODEL])
+    return paths
+
+
+@pytest.mark.parametrize("architecture", ["dense", "cnn"])
+def test_export_matches_the_savedmodels(tmp_path, images, architecture):
+    entry = export_checked(_savedmodels(tmp_path, architecture), tmp_path / "onnx", images)
+    figures = entry["parity"]
+    assert figures["images"] == 500 and figures["class_id_mismatches"] == 0
+    assert figures["max_abs_probability_diff"] <= TOLERANCE and figures["max_abs_concept_score_diff"] <= TOLERANCE
+    assert entry["file"] == f"onnx/{ONNX_FILE}" and (tmp_path / "onnx" / ONNX_FILE).is_file()
+
+
+def test_a_graph_that_differs_is_refused(tmp_path, images, monkeypatch):
+    """A wrong activation (the classifier's ReLU as Sigmoid) must fail parity, not be published."""
+    from mnist_ml import onnx_export
+
+    real_op = onnx_export._Graph.op
+
+    def wrong_relu(self, kind, inputs, output=None, **attributes):
+        return real_op(self, "Sigmoid" if kind == "Relu" else kind, inputs, output, **attributes)
+
+    monkeypatch.setattr(onnx_export._Graph, "op", wrong_relu)
+    with pytest.raises(ParityError, match="does not match"):
+        export_checked(_savedmodels(tmp_path, "dense"), tmp_path / "onnx", images)
+    onnx.checker.check_model(str(tmp_path / "onnx" / ONNX_FILE))  # written, valid ONNX, still refused
