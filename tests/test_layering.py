@@ -1,7 +1,9 @@
 """The packages' layering, read from the source with ``ast`` and followed transitively
 through the project: what runs in the serving process imports nothing of the delivery
 side, the Dagster wiring or Dagster, and the delivery side nothing of the wiring or Dagster.
-Imports inside functions count too: they run as soon as the function does."""
+The operator's command (``mnist_ops``) sits on top of the resources and the delivery side and
+stays out of the Dagster wiring; nothing else imports it. Imports inside functions count too:
+they run as soon as the function does."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = {"mnist_ml", "mnist_serving", "mnist_delivery", "mnist_assets", "resources"}
+PROJECT = {"mnist_ml", "mnist_serving", "mnist_delivery", "mnist_assets", "resources", "mnist_ops"}
 
 
 def module_file(module: str) -> Path | None:
@@ -66,9 +68,9 @@ def import_chains(package: str) -> dict[str, list[str]]:
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
-        ("mnist_ml", {"mnist_serving", "mnist_delivery", "mnist_assets", "resources", "dagster"}),
-        ("mnist_serving", {"mnist_delivery", "mnist_assets", "resources", "dagster"}),
-        ("mnist_delivery", {"mnist_assets", "resources", "dagster"}),
+        ("mnist_ml", {"mnist_serving", "mnist_delivery", "mnist_assets", "resources", "mnist_ops", "dagster"}),
+        ("mnist_serving", {"mnist_delivery", "mnist_assets", "resources", "mnist_ops", "dagster"}),
+        ("mnist_delivery", {"mnist_assets", "resources", "mnist_ops", "dagster"}),
     ],
 )
 def test_no_import_runs_back_up(package, forbidden):
@@ -80,6 +82,17 @@ def test_no_import_runs_back_up(package, forbidden):
         if name.split(".")[0] in forbidden or name.startswith("dagster")
     }
     assert not bad, f"{package} reaches what it must not:\n" + "\n".join(sorted(bad.values()))
+
+
+@pytest.mark.parametrize(("package", "forbidden"), [("mnist_ops", "mnist_assets"), ("resources", "mnist_ops")])
+def test_the_operator_command_stays_out_of_the_dagster_wiring(package, forbidden):
+    """``mnist_ops`` builds the resources itself (as the definitions do), without loading the
+    asset graph; the resources never reach back into the command. Dagster itself is allowed:
+    the resources are Dagster resources. Dynamic imports (importlib) are not seen."""
+    chains = import_chains(package)
+    assert "resources.deployer" in chains, f"found no resources under {package}: is the walk broken?"
+    bad = sorted(" -> ".join(chain) for name, chain in chains.items() if name.split(".")[0] == forbidden)
+    assert not bad, f"{package} reaches {forbidden}:\n" + "\n".join(bad)
 
 
 def test_the_walk_sees_imports_inside_functions_and_through_other_modules():
