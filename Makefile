@@ -50,12 +50,12 @@ ifdef MIRROR
 endif
 	$(DG) launch --job $(JOB) -c $(CONFIG) $(MIRROR_ARGS)
 
-# The endpoint keeps serving after `make run`; these show or stop it.
+# The endpoint keeps serving after `make run`; these show or stop it (`mnist-ops --help` for more).
 status: install
-	$(BIN)/python -m mnist_delivery.local_endpoint status --state-dir "$${MNIST_SERVING_STATE_DIR:-var/serving}"
+	$(BIN)/mnist-ops status
 
 stop: install
-	$(BIN)/python -m mnist_delivery.local_endpoint stop --state-dir "$${MNIST_SERVING_STATE_DIR:-var/serving}"
+	$(BIN)/mnist-ops stop
 
 test: install
 	$(BIN)/pytest

@@ -415,27 +415,3 @@ def _tail(path: str, lines: int = 15) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
     return "(no log)"
-
-
-def main() -> None:
-    """``python -m mnist_delivery.local_endpoint status|stop [--state-dir var/serving]``"""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m mnist_delivery.local_endpoint", description=main.__doc__)
-    parser.add_argument("action", choices=["status", "stop"])
-    parser.add_argument("--state-dir", type=Path, default=Path("var/serving"))
-    args = parser.parse_args()
-    local = LocalEndpoint(args.state_dir)
-    if args.action == "stop":
-        if local.stop() is None:
-            print(f"no endpoint is running in {args.state_dir}")
-        return
-    servers = local.serving()
-    endpoint = local.current()
-    print(json.dumps(asdict(endpoint), indent=2) if endpoint else f"no endpoint is running in {args.state_dir}")
-    for server in servers:
-        print(f"{server.name}: version {server.version} ({server.role})")
-
-
-if __name__ == "__main__":
-    main()
