@@ -31,7 +31,7 @@ def hammer(versions: list[Path], drain: bool, redeploys: int = 6, clients: int =
     with tempfile.TemporaryDirectory(prefix="bench-redeploy-") as tmp:
         local = LocalEndpoint(Path(tmp), port=0, drain_seconds=2.0 if drain else 0.0, log=lambda _: None)
         if not drain:  # the old behaviour: SIGTERM straight away
-            local._stop_process = lambda endpoint, drain=False, stop=local._stop_process: stop(endpoint, False)
+            local._stop = lambda endpoint, drain=False, stop=local._stop: stop(endpoint, False)
         endpoint = local.deploy(versions[0], "a")
         stop, results = threading.Event(), []
 

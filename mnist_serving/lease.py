@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 log = logging.getLogger("mnist_serving")
 WATCH_INTERVAL_S = 0.5
 DRAIN_S = 2.0
+STDIN = 0
 
 
 def recorded_pid(record: Path) -> int | None:
@@ -60,7 +60,7 @@ def hold_lease_on_stdin(record: Path) -> None:
     """Stop this process when stdin closes, unless the record names it by then."""
 
     def wait_for_eof() -> None:
-        while sys.stdin.buffer.read(4096):
+        while os.read(STDIN, 4096):  # raw reads: a buffered reader's lock would stall interpreter exit
             pass
         if recorded_pid(record) != os.getpid():
             log.warning("the deployer went away before this version was recorded; stopping")
