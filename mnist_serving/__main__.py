@@ -42,13 +42,13 @@ def main() -> None:
         parser.error("--lease-stdin and --candidate need --record")
     from mnist_serving import lease
 
-    if args.lease_stdin:  # first: a deployer dying while TensorFlow loads must stop us too
+    if args.lease_stdin:  # first: a deployer dying while the model loads must stop us too
         lease.hold_lease_on_stdin(args.record)
     if args.record:
         lease.watch_record(args.record)
 
     from mnist_serving.request_log import RequestLog
-    from mnist_serving.server import serve  # after argument errors: loading TensorFlow takes seconds
+    from mnist_serving.server import serve  # after argument errors
     from mnist_serving.sockets import bind_listener
 
     if not (args.model_dir / "manifest.json").is_file():

@@ -27,6 +27,18 @@ async def reply(
     await send({"type": "http.response.body", "body": body})
 
 
+async def read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None if the client went away before sending it."""
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
 class BodyLimit:
     """Checks Content-Length up front; a chunked body is read up to the limit, then replayed."""
 

@@ -1,9 +1,14 @@
-"""The KServe custom predictor: one registry version of the classifier and the concept model.
+"""The model server's model: one registry version of the classifier and the concept model.
+
+Both models run as the one ONNX graph the version was published with (``manifest.json``'s
+``onnx`` entry, checked at publish for parity with the SavedModels, see ``mnist_ml.onnx_export``),
+in one ONNX Runtime call per request: no TensorFlow in the serving process. A version published
+without that graph cannot be served (``load`` says so).
 
 Every prediction returns the class id, the class probabilities, the concept score and
 the out-of-distribution flag (score above the threshold shipped with the concept model).
 The model is ready (``ready``, what the readiness routes report) only once it has loaded and
-scored a first image. KServe routes v1 ``:predict`` here; v2 ``/infer`` requests are decoded
+scored a first image. ``app`` routes v1 ``:predict`` here; v2 ``/infer`` requests are decoded
 and encoded by ``v2_infer``, which calls ``infer`` too."""
 
 from __future__ import annotations
@@ -16,18 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
-from kserve import Model
-from kserve.errors import InvalidInput
+import onnxruntime
 
 from mnist_ml.model_contract import (
-    CLASSIFIER,
     CONCEPT_MODEL,
     INPUT_NAME,
     OUTPUT_SHAPES,
     OUTPUT_TYPES,
     REQUEST_ID_HEADER,
-    SIGNATURE,
     TEST_TRAFFIC,
     TRAFFIC_HEADER,
     read_concept_calibration,
@@ -37,44 +38,51 @@ from mnist_serving.request_log import RequestLog
 from mnist_serving.validation import InvalidImages, to_model_input
 
 
-class MnistPredictor(Model):
-    """Load with ``load()``; KServe routes v1 ``:predict`` to ``predict``."""
+class Refused(ValueError):
+    """A request refused as invalid and already counted: a 400 with this message."""
+
+
+class MnistPredictor:
+    """Load with ``load()``; ``predict`` answers v1, ``infer`` any protocol."""
 
     def __init__(
         self, name: str, version_dir: Path, max_batch: int = 1024, request_log: RequestLog | None = None
     ) -> None:
-        super().__init__(name)
+        self.name = name
         self.version_dir = Path(version_dir)
         self.max_batch = max_batch
         self.request_log = request_log
-        self.enable_latency_logging = False  # one log line per request would cost more than scoring
+        self.ready = False
         self.version = "unknown"
         self.threshold = float("nan")
 
     def load(self) -> bool:
         manifest = json.loads((self.version_dir / "manifest.json").read_text())
         self.version = str(manifest["version"])
+        if "onnx" not in manifest:
+            raise ValueError(
+                f"version {self.version} at {self.version_dir} has no ONNX graph (published before the endpoint "
+                "served ONNX): publish the models again"
+            )
         self.threshold = float(read_concept_calibration(self.version_dir / CONCEPT_MODEL)["threshold"])
-        # Keep the loaded objects: their signatures only reference the variables they own.
-        self._saved = [tf.saved_model.load(str(self.version_dir / part)) for part in (CLASSIFIER, CONCEPT_MODEL)]
-        classify, score = (saved.signatures[SIGNATURE] for saved in self._saved)
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.float32)])
-        def both(imgs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-            classified = classify(**{INPUT_NAME: imgs})
-            return classified["class_ids"], classified["probabilities"], score(**{INPUT_NAME: imgs})["score"]
-
-        # One graph call per request; the concrete function skips tf.function's dispatch.
-        self._both = both.get_concrete_function()
-        self._both(tf.zeros([1, 28, 28]))  # ready means it answers: score once before saying so
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # warnings about unused initializers are not ours to act on
+        self._session = onnxruntime.InferenceSession(
+            str(self.version_dir / manifest["onnx"]["file"]), options, providers=["CPUExecutionProvider"]
+        )
+        self._outputs = [output.name for output in self._session.get_outputs()]
+        self.score(np.zeros((1, 28, 28), np.float32), count=False)  # ready means it answers: score once first
         metrics.VERSION.labels(version=self.version).set(1)
         self.ready = True
         return self.ready
 
-    def score(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Outputs for float32 [N, 28, 28] images in [0, 1]."""
-        class_ids, probabilities, concept = (t.numpy() for t in self._both(tf.constant(images)))
+    def score(self, images: np.ndarray, count: bool = True) -> dict[str, np.ndarray]:
+        """Outputs for float32 [N, 28, 28] images in [0, 1], counted in the metrics unless ``count`` is False."""
+        outputs = dict(zip(self._outputs, self._session.run(self._outputs, {INPUT_NAME: images}), strict=True))
+        class_ids, probabilities, concept = outputs["class_ids"], outputs["probabilities"], outputs["concept_score"]
         is_ood = concept > self.threshold
+        if not count:
+            return {"class_ids": class_ids, "probabilities": probabilities, "concept_score": concept, "is_ood": is_ood}
         metrics.IMAGES.inc(len(images))
         metrics.OOD_FLAGS.inc(int(is_ood.sum()))
         metrics.count_classes(class_ids)
@@ -118,12 +126,12 @@ class MnistPredictor(Model):
         metrics.LATENCY.labels(protocol).observe(time.perf_counter() - start)
         return response
 
-    def refuse(self, protocol: str, message: str) -> InvalidInput:
+    def refuse(self, protocol: str, message: str) -> Refused:
         """Count a request refused as invalid; returns the error to raise (a 400 with ``message``)."""
         metrics.REQUESTS.labels(protocol, "invalid").inc()
-        return InvalidInput(message)
+        return Refused(message)
 
-    def predict(self, payload: object, headers: dict[str, str] | None = None) -> dict:
+    def predict(self, payload: object, headers: Mapping[str, str] | None = None) -> dict:
         return self.infer("v1", headers, lambda: v1_instances(payload), self._v1_response)
 
     def _v1_response(self, result: dict[str, np.ndarray], request_id: str) -> dict:
@@ -133,11 +141,15 @@ class MnistPredictor(Model):
         ]
         return {"predictions": predictions, "model_version": self.version, "request_id": request_id}
 
-    def get_input_types(self) -> list[dict]:
-        return [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 28, 28]}]
-
-    def get_output_types(self) -> list[dict]:
-        return [{"name": n, "datatype": t, "shape": OUTPUT_SHAPES[n]} for n, t in OUTPUT_TYPES.items()]
+    def metadata(self) -> dict:
+        """The v2 model metadata: name, the served version, the input and the outputs."""
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": "onnxruntime",
+            "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 28, 28]}],
+            "outputs": [{"name": n, "datatype": t, "shape": OUTPUT_SHAPES[n]} for n, t in OUTPUT_TYPES.items()],
+        }
 
 
 def v1_instances(payload: object) -> Any:

@@ -1,28 +1,21 @@
-"""The endpoint's routes: exactly the documented ones, and readiness that means the model answers.
+"""The endpoint's routes: exactly the documented ones.
 
-KServe's REST server registers more than this endpoint serves: the model-repository
-extension (``POST /v2/repository/models/<name>/load`` and ``/unload``: any client could unload
-the model), model listings, the OpenAPI pages. ``Routes`` (ASGI middleware, in front of
-KServe) answers 404 for every path not in ``documented_routes`` and 405 for a documented path
-asked with another method, so a route that a KServe upgrade adds stays closed until it is
-listed here.
+``Routes`` (ASGI middleware, in front of everything that answers) answers 404 for every path
+not in ``documented_routes`` and 405 for a documented path asked with another method, so no
+other route can answer: no model-repository extension (no client can load or unload the
+model), no listings, no API pages. Every route listed here is answered by ``app.Endpoints``
+or, for v2 infer, ``v2_infer.V2Infer``.
 
 Versioned v2 paths, ``/v2/models/<name>/versions/<v>`` (metadata), ``.../ready`` and
 ``.../infer``, answer for the served version only (404 for any other) and are rewritten to the
 unversioned path, so one handler serves both spellings.
 
-``MnistDataPlane`` is KServe's data plane with three answers changed: ``/v2/health/ready`` is
-true only while every model is ready (KServe's is true whenever the process runs, so probes
-stayed green with the model unloaded), model metadata lists the served ``versions``, and server
-metadata names the extension implemented (``binary_tensor_data``), not the repository one.
-A model is ready once it has loaded and answered a first prediction (``MnistPredictor.load``).
+Server metadata names the Open Inference Protocol extension implemented (``EXTENSIONS``).
 """
 
 from __future__ import annotations
 
 import re
-
-from kserve.protocol.dataplane import DataPlane
 
 from mnist_serving.body_limit import Receive, Scope, Send, reply
 
@@ -72,21 +65,3 @@ class Routes:
             allow = ", ".join(sorted(methods))
             return await reply(send, 405, f"{path} takes {allow}", headers=((b"allow", allow.encode()),))
         return await self.app(scope, receive, send)
-
-
-class MnistDataPlane(DataPlane):
-    """KServe's data plane, ready only when its models are, listing the served version."""
-
-    def __init__(self, model_registry, version: str) -> None:  # noqa: ANN001 - kserve's ModelRepository
-        super().__init__(model_registry=model_registry)
-        self.version = version
-
-    def metadata(self) -> dict:
-        return {**super().metadata(), "extensions": EXTENSIONS}
-
-    async def ready(self) -> bool:
-        names = list(self.model_registry.get_models())
-        return bool(names) and all([await self.model_registry.is_model_ready(name) for name in names])
-
-    async def model_metadata(self, model_name: str) -> dict:
-        return {**await super().model_metadata(model_name), "versions": [self.version]}

@@ -1,8 +1,10 @@
-"""Run the KServe REST server for one model version on given listening sockets.
+"""Run the model server for one model version on given listening sockets.
 
-The server answers the documented routes only (``routes``): KServe's model-repository
-extension is neither constructed nor reachable, so no request can unload the model. v2 infer
-requests are ours (``v2_infer``); the rest goes to KServe's handlers behind the route check."""
+One uvicorn server, one plain ASGI stack, outermost first: ``Drain`` (closes connections
+while handing over), ``BodyLimit`` (413 before parsing), ``Routes`` (the documented routes
+only), ``V2Infer`` (v2 infer, JSON and binary) and ``Endpoints`` (the rest). No web framework
+and no TensorFlow: the model runs in ONNX Runtime (``predictor``). Cold start is the imports,
+the ONNX session and one first prediction."""
 
 from __future__ import annotations
 
@@ -13,50 +15,22 @@ import socket
 from pathlib import Path
 
 import uvicorn
-from kserve import Model, model_server
-from kserve.model_repository import ModelRepository
-from kserve.protocol.rest.server import RESTServer
 
 from mnist_ml.model_contract import MODEL_NAME
 from mnist_serving import metrics
+from mnist_serving.app import Endpoints
 from mnist_serving.body_limit import BodyLimit
 from mnist_serving.drain import Drain
-from mnist_serving.feedback import add_feedback_route
+from mnist_serving.feedback import Feedback
 from mnist_serving.options import FEEDBACK_TOKEN_ENV
 from mnist_serving.predictor import MnistPredictor
 from mnist_serving.request_log import FeedbackLog, RequestLog
-from mnist_serving.routes import MnistDataPlane, Routes
+from mnist_serving.routes import Routes
 from mnist_serving.sockets import HandoffSocket
 from mnist_serving.v2_infer import V2Infer
 
 log = logging.getLogger("mnist_serving")
-
-
-def rest_server(model: Model, version: str, max_body_bytes: int, outer: tuple = (), inner: tuple = ()) -> RESTServer:
-    """KServe's REST server (v1, v2, health, metrics) for one loaded model, serving ``version``
-    of it, on the documented routes only. Middlewares are (class, kwargs) pairs, each group run
-    in order: ``outer`` on every request, then the body-size limit and the route check, then
-    ``inner`` on the requests that passed them."""
-    repository = ModelRepository()
-    repository.update(model)
-    rest = RESTServer(
-        "kserve.model_server:app",
-        MnistDataPlane(repository, version),
-        None,  # no model-repository extension: its load/unload routes are refused by Routes
-        http_port=0,  # unused: the caller passes listening sockets to run()
-        timeout_keep_alive=5,
-    )
-    # Starlette runs the last-added middleware first.
-    stack = [
-        *outer,
-        (BodyLimit, {"max_bytes": max_body_bytes}),
-        (Routes, {"model_name": model.name, "version": version}),
-    ]
-    for middleware, kwargs in reversed([*stack, *inner]):
-        model_server.app.add_middleware(middleware, **kwargs)
-    for noisy in ("uvicorn.access", "kserve.trace"):  # a log line per request costs more than scoring
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    return rest
+GRACEFUL_SHUTDOWN_S = 30  # requests in flight at SIGTERM get this long to finish
 
 
 def serve(
@@ -79,22 +53,28 @@ def serve(
     and labels are taken at ``.../feedback`` from holders of ``feedback_token`` (none without one)."""
     model = MnistPredictor(model_name, version_dir, max_batch=max_batch, request_log=request_log)
     model.load()
-    drain = Drain()
-    rest = rest_server(
-        model,
-        model.version,
-        max_body_bytes,
-        outer=((drain.middleware, {}),),
-        inner=((V2Infer, {"model": model, "max_body_bytes": max_body_bytes}),),
-    )
-    server: uvicorn.Server = rest._server  # KServe keeps its uvicorn.Server private; drain needs its listeners
-    drain.install(server)
+    feedback = None
     if request_log is not None:
-        feedback = FeedbackLog(request_log.directory)
-        add_feedback_route(model_server.app, model_name, request_log, feedback, feedback_token)
+        feedback = Feedback(request_log, FeedbackLog(request_log.directory), feedback_token)
         metrics.LOG_DROPPED.set_function(lambda: request_log.dropped)
         state = "taken with a bearer token" if feedback_token else f"refused: {FEEDBACK_TOKEN_ENV} is not set"
         log.info(f"feedback labels at /v1/models/{model_name}/feedback are {state}")
+    drain = Drain()
+    app = Endpoints(model, feedback)
+    app = V2Infer(app, model=model, max_body_bytes=max_body_bytes)
+    app = Routes(app, model_name=model_name, version=model.version)
+    app = drain.middleware(BodyLimit(app, max_bytes=max_body_bytes))
+    config = uvicorn.Config(
+        app,
+        log_config=None,  # the process's logging, as configured by __main__
+        access_log=False,  # a log line per request costs more than scoring
+        lifespan="off",
+        ws="none",
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    server = uvicorn.Server(config)
+    drain.install(server)
     addresses = ", ".join("http://{}:{}".format(*s.getsockname()[:2]) for s in listeners)
     log.info(f"serving {model_name} version {model.version} from {version_dir} on {addresses} (pid {os.getpid()})")
 
@@ -109,7 +89,6 @@ def serve(
             HandoffSocket(handoff, public, serve_on).start()
         await server.serve(sockets=listeners)
 
-    rest.create_application()
     try:
         with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
             runner.run(main())

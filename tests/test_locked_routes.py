@@ -1,5 +1,5 @@
-"""Locked routes, over real HTTP on 127.0.0.1: only the documented routes answer (KServe's
-model-repository load/unload, listings and docs are refused), readiness means the model
+"""Locked routes, over real HTTP on 127.0.0.1: only the documented routes answer (the
+model-repository load/unload, listings and docs other servers offer are refused), readiness means the model
 answers, and feedback takes labels only with the bearer token from $MNIST_FEEDBACK_TOKEN (401
 without or with a wrong one, nothing written, the token never in a log), one label per
 prediction (409 for a different second label, counted; the same label again is a 200), with
@@ -19,15 +19,17 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 import requests
 
 from mnist_delivery.local_endpoint import LocalEndpoint
 from mnist_ml.model_contract import MODEL_NAME
+from mnist_serving.app import Endpoints
 from mnist_serving.options import FEEDBACK_TOKEN_ENV, ServerOptions
 from mnist_serving.predictor import MnistPredictor
 from mnist_serving.request_log import read_feedback
-from mnist_serving.routes import MnistDataPlane, documented_routes
+from mnist_serving.routes import documented_routes
 
 TOKEN = "test-token-8f2c1d"
 
@@ -96,18 +98,26 @@ def test_only_documented_routes_exist(endpoint):
             assert requests.get(f"{endpoint.url}{path}", timeout=5).status_code == 200, path
 
 
-def test_readiness_is_false_until_the_model_answers(tmp_path):
-    """The data plane the server builds, in process: an unloaded model makes both readiness
-    answers false (the HTTP routes turn false into a 503)."""
-    from kserve.model_repository import ModelRepository
+def _asgi_get(app, path: str) -> tuple[int, dict]:
+    """One GET through an ASGI app, in process: the status and the JSON body."""
+    sent = []
 
-    model = MnistPredictor(MODEL_NAME, tmp_path)
-    repository = ModelRepository()
-    repository.update(model)
-    plane = MnistDataPlane(repository, "1")
-    assert asyncio.run(plane.ready()) is False
-    assert asyncio.run(plane.model_ready(MODEL_NAME)) is False
-    assert asyncio.run(MnistDataPlane(ModelRepository(), "1").ready()) is False  # no model at all
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app({"type": "http", "method": "GET", "path": path, "headers": []}, receive, send))
+    return sent[0]["status"], orjson.loads(sent[1]["body"])
+
+
+def test_readiness_is_false_until_the_model_answers(tmp_path):
+    """The app the server builds, in process: an unloaded model makes both readiness answers
+    false, with a 503."""
+    app = Endpoints(MnistPredictor(MODEL_NAME, tmp_path), feedback=None)
+    assert _asgi_get(app, "/v2/health/ready") == (503, {"ready": False})
+    assert _asgi_get(app, f"/v2/models/{MODEL_NAME}/ready") == (503, {"name": MODEL_NAME, "ready": False})
 
 
 def test_feedback_needs_the_bearer_token_and_writes_nothing_without_it(endpoint):
