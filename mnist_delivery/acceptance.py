@@ -71,9 +71,7 @@ class AcceptanceReport:
         return {**summary, "malformed_rejected": self.malformed_rejected}
 
 
-def single_image_latencies(
-    clients: list[EndpointClient], images: np.ndarray, requests_count: int
-) -> list[np.ndarray]:
+def single_image_latencies(clients: list[EndpointClient], images: np.ndarray, requests_count: int) -> list[np.ndarray]:
     """Seconds per one-image v2 JSON request, sent one after another, to each client in turn:
     endpoints compared this way see the same machine load at the same moments."""
     seconds: list[list[float]] = [[] for _ in clients]
