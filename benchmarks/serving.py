@@ -1,11 +1,20 @@
-"""Benchmark: the inference endpoint under load on 127.0.0.1, beside a hello-world model
-on the same server stack, and with its request log on and off, measured in the same run.
-Batched, fixed-rate and memory figures are taken with the request log on (the default).
+"""Benchmark: the inference endpoint beside its floor, measured in one run on 127.0.0.1.
+
+Four servers run side by side, each loaded with wrk (one thread) in turn, round by round:
+- the endpoint (``python -m mnist_serving``, request log on, as deployed by default);
+- the floor: ``thin_server.py``, the same ONNX graph behind the thinnest server;
+- the hello-world: ``hello_server.py``, the endpoint's server stack with no model;
+- today's endpoint before it served ONNX (``--baseline``, a git revision; its ``mnist_serving``
+  and ``mnist_ml`` are extracted with ``git archive``, no checkout), for batched throughput.
+The targets are on the ratios (this machine is shared and noisy): single-image v2 JSON and v1 at
+8 connections against the floor, batched binary against the baseline. Also: p99 at 8 and 32
+connections, the endpoint's RSS after the load, and its cold start (process start to ready).
 
 Needs `wrk` (Debian: `apt-get install wrk`) and a published version: by default the
-production version in var/models (run `make run` first), or --model-dir.
+production version in var/models (run `make run` first), or --model-dir. A version published
+before the ONNX export is first republished, with its export, into a temporary registry.
 
-    python benchmarks/serving.py [--model-dir var/models/mnist/1] [--seconds 10]
+    python benchmarks/serving.py [--model-dir var/models/mnist/1] [--seconds 10] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -17,34 +26,33 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
-import requests
 from report import publish, table
 
 from mnist_delivery.client import EndpointClient, binary_request
-from mnist_delivery.local_endpoint import LocalEndpoint
 from mnist_ml.model_contract import INPUT_NAME
 from mnist_ml.registry import FileModelRepository
-from mnist_serving.options import ServerOptions
 from mnist_serving.sockets import bind_listener
 
 ROOT = Path(__file__).resolve().parents[1]
+BASELINE = "43d0aa7"  # the last revision serving the SavedModels with TensorFlow through KServe
 TARGETS = {
-    "single_image_requests_per_s": (500.0, "min"),
-    "batched_images_per_s": (20_000.0, "min"),
-    "p99_ms_at_100_rps": (10.0, "max"),
-    "server_rss_mb": (1024.0, "max"),
-    "request_log_throughput_cost": (0.10, "max"),
+    "v2_json_vs_floor": (0.75, "min"),
+    "v1_vs_floor": (0.75, "min"),
+    "v2_json_p99_ms_8_connections": (8.0, "max"),
+    "v2_json_p99_ms_32_connections": (25.0, "max"),
+    "batched_256_vs_baseline": (1.0, "min"),
+    "batched_1024_vs_baseline": (1.0, "min"),
+    "server_rss_mb": (300.0, "max"),
+    "cold_start_s": (3.0, "max"),
 }
 WRK_SCRIPT = """
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "{content_type}"
-{extra_header}
+{headers}
 local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()
 """
 
@@ -53,14 +61,11 @@ def wrk(url: str, body: bytes, headers: dict[str, str], connections: int, second
     """Requests/s and latency percentiles (ms) from wrk with one thread."""
     name = f"{abs(hash(body))}"
     (work / f"{name}.body").write_bytes(body)
-    extra = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items() if k != "Content-Type")
-    script = WRK_SCRIPT.format(
-        content_type=headers.get("Content-Type", "application/json"), extra_header=extra, body=work / f"{name}.body"
-    )
-    (work / f"{name}.lua").write_text(script)
+    lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+    (work / f"{name}.lua").write_text(WRK_SCRIPT.format(headers=lines, body=work / f"{name}.body"))
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(work / f"{name}.lua"), url]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    if "Non-2xx" in out:
+    if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk saw errors:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     latency = {q: _ms(re.search(rf"\s{q}%\s+([\d.]+\w+)", out).group(1)) for q in (50, 99)}
@@ -72,110 +77,156 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def fixed_rate_latencies(url: str, body: dict, rate: float, seconds: float) -> np.ndarray:
-    """Open-loop load: requests are due every 1/rate s and latency counts from when each
-    was due, so a slow server can't hide queueing (no coordinated omission)."""
-    due = time.perf_counter() + 0.2 + np.arange(int(rate * seconds)) / rate
-    latencies = np.full(len(due), np.nan)
-    cursor = iter(range(len(due)))
-    lock = threading.Lock()
+class Server:
+    """A server process on a free port; ``cold_start_s`` is from process start to ready."""
 
-    def worker() -> None:
-        session = requests.Session()
-        while True:
-            with lock:
-                i = next(cursor, None)
-            if i is None:
-                return
-            time.sleep(max(0.0, due[i] - time.perf_counter()))
-            response = session.post(url, json=body, timeout=10)
-            latencies[i] = time.perf_counter() - due[i]
-            response.raise_for_status()
+    def __init__(self, name: str, command: list[str], log: Path, cwd: Path = ROOT) -> None:
+        with bind_listener("127.0.0.1", 0) as probe:
+            self.port = probe.getsockname()[1]
+        self.name, self.url = name, f"http://127.0.0.1:{self.port}"
+        command = [arg.replace("{port}", str(self.port)) for arg in command]
+        start = time.perf_counter()
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+        client, deadline = EndpointClient(self.url), time.monotonic() + 120
+        while not client.ready():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.02)
+        self.cold_start_s = time.perf_counter() - start
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return latencies * 1000
+    def rss_mb(self) -> float:
+        return psutil.Process(self.process.pid).memory_info().rss / 2**20
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
 
 
-def start_hello(port: int, log: Path) -> subprocess.Popen:
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(ROOT / "benchmarks" / "hello_server.py"), str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    client = EndpointClient(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 60
-    while not client.ready():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"hello server did not start:\n{log.read_text()[-2000:]}")
-        time.sleep(0.2)
-    return process
+def onnx_version(model_dir: Path, work: Path) -> Path:
+    """``model_dir`` if it has its ONNX graph, else the same models republished with their export."""
+    if "onnx" in json.loads((model_dir / "manifest.json").read_text()):
+        return model_dir
+    from mnist_ml.datasets import load_mnist, to_unit_float
+    from mnist_ml.onnx_export import ONNX_ARTIFACT, export_checked
+
+    artifacts = {name: model_dir / name for name in ("classifier", "concept_model")}
+    digits = to_unit_float(load_mnist(ROOT / "var" / "data" / "raw")["x_test"])
+    onnx = export_checked(artifacts, work / ONNX_ARTIFACT, digits)
+    manifest = {"note": f"republished from {model_dir} for benchmarks/serving.py", "onnx": onnx}
+    artifacts[ONNX_ARTIFACT] = work / ONNX_ARTIFACT
+    return FileModelRepository(work / "registry").publish(artifacts, manifest).path
+
+
+def baseline_tree(revision: str, work: Path) -> Path:
+    """The serving code of ``revision``, extracted (git archive) into ``work/baseline``."""
+    tree = work / "baseline"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, "mnist_serving", "mnist_ml"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, help="a registry version folder (default: production in var/models)")
     parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds over all servers; medians are reported")
+    parser.add_argument("--baseline", default=BASELINE, help="git revision of the endpoint to compare batches with")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk (Debian/Ubuntu) or brew install wrk")
-    model_dir = args.model_dir or FileModelRepository(ROOT / "var" / "models").resolve("production").path
+    source_dir = (args.model_dir or FileModelRepository(ROOT / "var" / "models").resolve("production").path).resolve()
 
     rng = np.random.default_rng(0)
-    one = {
-        "inputs": [
-            {"name": INPUT_NAME, "shape": [1, 28, 28], "datatype": "UINT8", "data": rng.integers(0, 256, 784).tolist()}
-        ]
-    }
-    batch = binary_request(rng.integers(0, 256, (1000, 28, 28), dtype=np.uint8))
-    version = json.loads((model_dir / "manifest.json").read_text())["version"]
-    json_headers = {"Content-Type": "application/json"}
-    single_body = json.dumps(one).encode()
+    pixels = rng.integers(0, 256, 784).tolist()
+    v2_body = json.dumps({"inputs": [{"name": INPUT_NAME, "shape": [1, 784], "datatype": "UINT8", "data": pixels}]})
+    v1_body = json.dumps({"instances": [pixels]})
+    batches = {n: binary_request(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)) for n in (256, 1024)}
+    json_headers = {"Content-Type": "application/json", "x-mnist-traffic": "test"}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = Path(tmp)
-        with bind_listener("127.0.0.1", 0) as probe:
-            hello_port = probe.getsockname()[1]
-        hello = start_hello(hello_port, work / "hello.log")
-        plain = LocalEndpoint(work / "serving", port=0, options=ServerOptions(request_log=False))
-        # The same server with the request log on, as deployed by default; it takes over the socket.
-        logged = LocalEndpoint(work / "serving", port=0, request_log=work / "requests")
+        model_dir = onnx_version(source_dir, work)
+        python = sys.executable
+        endpoint_cmd = [python, "-m", "mnist_serving", "--model-dir", str(model_dir), "--port", "{port}"]
+        endpoint_cmd += ["--request-log-dir", str(work / "requests")]
+        commands = {
+            "endpoint": (endpoint_cmd, ROOT),
+            "floor": ([python, str(ROOT / "benchmarks" / "thin_server.py"), "{port}", str(model_dir)], ROOT),
+            "hello": ([python, str(ROOT / "benchmarks" / "hello_server.py"), "{port}"], ROOT),
+            "baseline": (
+                [python, "-m", "mnist_serving", "--model-dir", str(source_dir), "--port", "{port}"]
+                + ["--request-log-dir", str(work / "baseline-requests")],
+                baseline_tree(args.baseline, work),  # run from there: its packages come first on sys.path
+            ),
+        }
+        runs: dict[str, list[float]] = {}
+
+        def note(key: str, value: float) -> None:
+            runs.setdefault(key, []).append(value)
+
+        servers = {}
         try:
-            rounds = {"off": [], "on": []}
-            for _ in range(2):  # alternate, so drift in the machine's speed hits both alike
-                for mode, local in (("off", plain), ("on", logged)):
-                    endpoint = local.deploy(model_dir, version)
-                    infer = f"{endpoint.url}/v2/models/mnist/infer"
-                    rounds[mode].append(wrk(infer, single_body, json_headers, 8, args.seconds, work))
-            hello_single = wrk(
-                f"http://127.0.0.1:{hello_port}/v2/models/mnist/infer", single_body, json_headers, 8, args.seconds, work
-            )
-            batched = wrk(infer, batch["data"], batch["headers"], 2, args.seconds, work)
-            at_100 = fixed_rate_latencies(infer, one, rate=100, seconds=args.seconds)
-            rss_mb = psutil.Process(endpoint.pid).memory_info().rss / 2**20
+            for name, (command, cwd) in commands.items():
+                servers[name] = Server(name, command, work / f"{name}.log", cwd)
+            for _ in range(args.rounds):  # round by round, so drift in the machine's speed hits all alike
+                for name in ("endpoint", "floor", "hello"):
+                    url = servers[name].url
+                    v2 = wrk(f"{url}/v2/models/mnist/infer", v2_body.encode(), json_headers, 8, args.seconds, work)
+                    v1 = wrk(f"{url}/v1/models/mnist:predict", v1_body.encode(), json_headers, 8, args.seconds, work)
+                    note(f"{name}_v2_rps", v2["rps"])
+                    note(f"{name}_v2_p99_8", v2["p99_ms"])
+                    note(f"{name}_v1_rps", v1["rps"])
+                v32 = wrk(
+                    f"{servers['endpoint'].url}/v2/models/mnist/infer",
+                    v2_body.encode(),
+                    json_headers,
+                    32,
+                    args.seconds,
+                    work,
+                )
+                note("endpoint_v2_p99_32", v32["p99_ms"])
+                for name in ("endpoint", "baseline"):
+                    for n, batch in batches.items():
+                        headers = {**batch["headers"], "x-mnist-traffic": "test"}
+                        result = wrk(f"{servers[name].url}/v2/models/mnist/infer", batch["data"], headers, 2, 5, work)
+                        note(f"{name}_batched_{n}", result["rps"] * n)
+            rss = {name: server.rss_mb() for name, server in servers.items()}
+            cold = {name: server.cold_start_s for name, server in servers.items()}
         finally:
-            hello.kill()
-            hello.wait()
-            logged.stop()
-    with_log = float(np.mean([r["rps"] for r in rounds["on"]]))
-    without_log = float(np.mean([r["rps"] for r in rounds["off"]]))
+            for server in servers.values():
+                server.stop()
+    m = {key: float(np.median(values)) for key, values in runs.items()}
     measured = {
-        "single_image_requests_per_s": round(with_log),
-        "single_image_requests_per_s_without_log": round(without_log),
-        "request_log_throughput_cost": round(1 - with_log / without_log, 3),
-        "hello_world_requests_per_s": round(hello_single["rps"]),
-        "single_vs_hello_world_ratio": round(with_log / hello_single["rps"], 2),
-        "single_image_p99_ms_wrk_8_connections": max(r["p99_ms"] for r in rounds["on"]),
-        "batched_images_per_s": round(batched["rps"] * 1000),
-        "batched_request_p50_ms_1000_images": batched["p50_ms"],
-        "p50_ms_at_100_rps": round(float(np.percentile(at_100, 50)), 2),
-        "p99_ms_at_100_rps": round(float(np.percentile(at_100, 99)), 2),
-        "server_rss_mb": round(rss_mb),
+        "v2_json_vs_floor": round(m["endpoint_v2_rps"] / m["floor_v2_rps"], 2),
+        "v1_vs_floor": round(m["endpoint_v1_rps"] / m["floor_v1_rps"], 2),
+        "v2_json_vs_hello_world": round(m["endpoint_v2_rps"] / m["hello_v2_rps"], 2),
+        "v1_vs_hello_world": round(m["endpoint_v1_rps"] / m["hello_v1_rps"], 2),
+        "v2_json_requests_per_s": round(m["endpoint_v2_rps"]),
+        "v1_requests_per_s": round(m["endpoint_v1_rps"]),
+        "floor_v2_json_requests_per_s": round(m["floor_v2_rps"]),
+        "floor_v1_requests_per_s": round(m["floor_v1_rps"]),
+        "hello_world_v2_requests_per_s": round(m["hello_v2_rps"]),
+        "hello_world_v1_requests_per_s": round(m["hello_v1_rps"]),
+        "v2_json_p99_ms_8_connections": round(m["endpoint_v2_p99_8"], 2),
+        "floor_v2_json_p99_ms_8_connections": round(m["floor_v2_p99_8"], 2),
+        "v2_json_p99_ms_32_connections": round(m["endpoint_v2_p99_32"], 2),
+        "batched_256_vs_baseline": round(m["endpoint_batched_256"] / m["baseline_batched_256"], 2),
+        "batched_1024_vs_baseline": round(m["endpoint_batched_1024"] / m["baseline_batched_1024"], 2),
+        "batched_images_per_s_256": round(m["endpoint_batched_256"]),
+        "batched_images_per_s_1024": round(m["endpoint_batched_1024"]),
+        "baseline_batched_images_per_s_256": round(m["baseline_batched_256"]),
+        "baseline_batched_images_per_s_1024": round(m["baseline_batched_1024"]),
+        "server_rss_mb": round(rss["endpoint"]),
+        "floor_rss_mb": round(rss["floor"]),
+        "baseline_rss_mb": round(rss["baseline"]),
+        "cold_start_s": round(cold["endpoint"], 2),
+        "baseline_cold_start_s": round(cold["baseline"], 2),
     }
-    ok = publish("serving", table(measured, TARGETS), {"model_dir": str(model_dir), "wrk_seconds": args.seconds})
+    extra = {"model_dir": str(source_dir), "wrk_seconds": args.seconds, "rounds": args.rounds}
+    ok = publish("serving", table(measured, TARGETS), {**extra, "baseline": args.baseline})
     sys.exit(0 if ok else 1)
 
 

@@ -35,6 +35,7 @@ def shipped_architecture_version(root: Path) -> Path:
     """A registry version with the run config's architecture and untrained weights."""
     from mnist_ml.classifier import build_classifier
     from mnist_ml.concept import build_autoencoder
+    from mnist_ml.onnx_export import ONNX_ARTIFACT, export_checked
     from mnist_ml.registry import FileModelRepository
     from mnist_ml.savedmodel import export_classifier, export_concept_model, write_concept_calibration
 
@@ -42,7 +43,10 @@ def shipped_architecture_version(root: Path) -> Path:
     export_classifier(build_classifier("dense", [256, 64], seed=0), artifacts["classifier"])
     export_concept_model(build_autoencoder([256, 128], seed=0), artifacts["concept_model"])
     write_concept_calibration(artifacts["concept_model"], {"threshold": 0.02, "percentile": 99.0})
-    return FileModelRepository(root / "registry").publish(artifacts, {"note": "memory benchmark"}).path
+    images = np.random.default_rng(0).random((256, 28, 28), dtype=np.float32)
+    onnx = export_checked(artifacts, root / ONNX_ARTIFACT, images)
+    artifacts[ONNX_ARTIFACT] = root / ONNX_ARTIFACT
+    return FileModelRepository(root / "registry").publish(artifacts, {"note": "memory benchmark", "onnx": onnx}).path
 
 
 def load(client: EndpointClient, stop: threading.Event, kind: str, errors: list[str]) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 
 import uvicorn
@@ -19,7 +20,7 @@ import uvicorn
 from mnist_ml.model_contract import MODEL_NAME
 from mnist_serving import metrics
 from mnist_serving.app import Endpoints
-from mnist_serving.body_limit import BodyLimit
+from mnist_serving.body_limit import BodyLimit, Receive, Scope, Send
 from mnist_serving.drain import Drain
 from mnist_serving.feedback import Feedback
 from mnist_serving.options import FEEDBACK_TOKEN_ENV
@@ -31,6 +32,26 @@ from mnist_serving.v2_infer import V2Infer
 
 log = logging.getLogger("mnist_serving")
 GRACEFUL_SHUTDOWN_S = 30  # requests in flight at SIGTERM get this long to finish
+
+
+def uvicorn_server(app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> uvicorn.Server:
+    """The HTTP server for an ASGI app, as the endpoint runs it (the benchmarks' servers too)."""
+    config = uvicorn.Config(
+        app,
+        log_config=None,  # the process's logging, as configured by __main__
+        access_log=False,  # a log line per request costs more than scoring
+        lifespan="off",
+        ws="none",
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    return uvicorn.Server(config)
+
+
+def run(server: uvicorn.Server, listeners: list[socket.socket], main: Coroutine | None = None) -> None:
+    """Run ``main`` (default: the server on ``listeners``) in the event loop uvicorn chooses (uvloop)."""
+    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+        runner.run(main or server.serve(sockets=listeners))
 
 
 def serve(
@@ -63,17 +84,8 @@ def serve(
     app = Endpoints(model, feedback)
     app = V2Infer(app, model=model, max_body_bytes=max_body_bytes)
     app = Routes(app, model_name=model_name, version=model.version)
-    app = drain.middleware(BodyLimit(app, max_bytes=max_body_bytes))
-    config = uvicorn.Config(
-        app,
-        log_config=None,  # the process's logging, as configured by __main__
-        access_log=False,  # a log line per request costs more than scoring
-        lifespan="off",
-        ws="none",
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-    )
-    server = uvicorn.Server(config)
+    app = BodyLimit(app, max_bytes=max_body_bytes)
+    server = uvicorn_server(drain.middleware(app))
     drain.install(server)
     addresses = ", ".join("http://{}:{}".format(*s.getsockname()[:2]) for s in listeners)
     log.info(f"serving {model_name} version {model.version} from {version_dir} on {addresses} (pid {os.getpid()})")
@@ -90,8 +102,7 @@ def serve(
         await server.serve(sockets=listeners)
 
     try:
-        with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
-            runner.run(main())
+        run(server, listeners, main())
     finally:
         if request_log is not None:
             request_log.close()
