@@ -13,8 +13,7 @@ propagates to uvicorn, which answers 500 and logs it (counted as ``error`` by th
 
 from __future__ import annotations
 
-import importlib.metadata
-
+import onnxruntime
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -33,7 +32,7 @@ class Endpoints:
         self.model, self.feedback = model, feedback
         v1, v2 = f"/v1/models/{model.name}", f"/v2/models/{model.name}"
         self.server = _json(
-            {"name": "mnist_serving", "version": importlib.metadata.version("mnist-mlops"), "extensions": EXTENSIONS}
+            {"name": "mnist_serving (ONNX Runtime)", "version": onnxruntime.__version__, "extensions": EXTENSIONS}
         )
         self.handlers = {
             "/v2": self._server_metadata,

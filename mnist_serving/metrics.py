@@ -38,15 +38,14 @@ FEEDBACK = Counter(
 )
 LOG_DROPPED = Gauge("mnist_request_log_dropped", "Predictions not logged because the log queue was full")
 
-for _protocol in PROTOCOLS:
-    for _outcome in OUTCOMES:
-        REQUESTS.labels(_protocol, _outcome)
-for _digit in range(NUM_CLASSES):
-    PREDICTED_CLASS.labels(str(_digit))
+# The labelled series, created once: a labels() lookup per request costs more than the count.
+OUTCOME = {(p, o): REQUESTS.labels(p, o) for p in PROTOCOLS for o in OUTCOMES}
+PROTOCOL_LATENCY = {p: LATENCY.labels(p) for p in PROTOCOLS}
+CLASS_COUNT = [PREDICTED_CLASS.labels(str(digit)) for digit in range(NUM_CLASSES)]
 
 
 def count_classes(class_ids: np.ndarray) -> None:
     """Add one prediction's class ids (integers in 0..9) to mnist_predicted_class_total."""
-    for digit, count in enumerate(np.bincount(class_ids, minlength=NUM_CLASSES)):
-        if count:
-            PREDICTED_CLASS.labels(str(digit)).inc(int(count))
+    counts = np.bincount(class_ids, minlength=NUM_CLASSES)
+    for digit in np.flatnonzero(counts).tolist():
+        CLASS_COUNT[digit].inc(int(counts[digit]))

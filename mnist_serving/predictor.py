@@ -127,15 +127,15 @@ class MnistPredictor:
         except InvalidImages as exc:
             raise self.refuse(protocol, str(exc)) from None
         except Exception:
-            metrics.REQUESTS.labels(protocol, "error").inc()  # the server answers 500
+            metrics.OUTCOME[protocol, "error"].inc()  # the server answers 500
             raise
-        metrics.REQUESTS.labels(protocol, "ok").inc()
-        metrics.LATENCY.labels(protocol).observe(time.perf_counter() - start)
+        metrics.OUTCOME[protocol, "ok"].inc()
+        metrics.PROTOCOL_LATENCY[protocol].observe(time.perf_counter() - start)
         return response
 
     def refuse(self, protocol: str, message: str) -> Refused:
         """Count a request refused as invalid; returns the error to raise (a 400 with ``message``)."""
-        metrics.REQUESTS.labels(protocol, "invalid").inc()
+        metrics.OUTCOME[protocol, "invalid"].inc()
         return Refused(message)
 
     def predict(self, payload: object, headers: Mapping[str, str] | None = None) -> dict:
