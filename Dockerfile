@@ -34,6 +34,36 @@ COPY resources ./resources
 RUN pip install --no-cache-dir -c requirements/constraints.txt pip setuptools wheel \
     && pip install --no-cache-dir -c requirements/constraints.txt ".[cpu]"
 
+# ---- serving: the model server alone, without TensorFlow, Dagster or KServe -----------------
+# `docker build --target serving -t mnist-serving:0.1.0 .`: what `python -m mnist_serving` needs
+# (it runs the version's ONNX graph in ONNX Runtime), 12 distributions, about 154 MiB installed,
+# against 130 distributions and about 1,918 MiB for the image below (pip closures, measured
+# from the installed distributions' RECORD files). Same pins, same user.
+FROM ${PYTHON_IMAGE} AS serving
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INPUT=1 \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1
+
+COPY requirements/constraints.txt /tmp/constraints.txt
+RUN python -m venv /opt/venv \
+    && pip install --no-cache-dir -c /tmp/constraints.txt \
+        numpy onnxruntime orjson prometheus-client uvicorn uvloop httptools \
+    && rm /tmp/constraints.txt \
+    && groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin app
+
+WORKDIR /app
+COPY mnist_ml ./mnist_ml
+COPY mnist_serving ./mnist_serving
+RUN python -m compileall -q /app
+
+USER 10001
+EXPOSE 8080
+CMD ["python", "-m", "mnist_serving", "--model-dir", "/models/mnist/current", "--host", "0.0.0.0", "--port", "8080"]
+
 # ---- runtime ---------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 

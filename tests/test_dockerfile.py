@@ -167,3 +167,28 @@ def test_dockerignore_keeps_local_state_out() -> None:
         assert ignored(path, patterns), path
     for path in ("pyproject.toml", "mnist_ml/idx.py", "requirements/constraints.txt", "run_config.yaml"):
         assert not ignored(path, patterns), path
+
+
+def test_serving_stage_installs_the_server_without_tensorflow(dockerfile: Dockerfile) -> None:
+    """The ``serving`` stage installs, with the constraints, the distributions of every package
+    ``python -m mnist_serving`` needs (its imports, found in a fresh interpreter, checked against
+    a list of what the server requires), none of TensorFlow, Keras, Dagster or KServe, whose
+    modules the server does not even import; it runs as uid 10001. Not covered: that the image
+    builds, or optional imports (uvicorn picks up watchfiles when it is installed)."""
+    import subprocess
+    import sys
+
+    stage = next(s for s in dockerfile[1] if s["name"] == "serving")
+    run = " ".join(rest for instruction, rest in stage["instructions"] if instruction == "RUN")
+    install = re.search(r"pip install --no-cache-dir -c /tmp/constraints.txt ([\w\- ]+?) &&", run)
+    assert install, run
+    installed = set(install.group(1).split())
+    probe = "import sys, mnist_serving.__main__, mnist_serving.server; print(' '.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    imported = {m.split(".")[0] for m in out.stdout.split()}
+    assert not imported & {"tensorflow", "keras", "dagster", "kserve", "fastapi"}
+    needed = {"numpy": "numpy", "onnxruntime": "onnxruntime", "orjson": "orjson", "uvicorn": "uvicorn"}
+    needed["prometheus_client"] = "prometheus-client"
+    assert set(needed) <= imported
+    assert installed == {*needed.values(), "uvloop", "httptools"}  # uvicorn's fast loop and parser, when running
+    assert ("USER", str(UID)) in stage["instructions"]
