@@ -1,11 +1,15 @@
-"""Blocking quality gates on the models: a model that fails them can't flow downstream.
+"""Asset checks. Blocking quality gates on the models and the deployed candidate: a model that
+fails them can't flow downstream. Non-blocking drift checks on production_monitoring, WARN or
+ERROR by how far a measure went, so the UI shows the state of production at a glance.
 
 The checks run inside the asset's step (the asset yields their results), so they see
-exactly the model just exported; thresholds come from the asset's config."""
+exactly what the step produced; thresholds come from the asset's config."""
 
 from __future__ import annotations
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue
+
+from mnist_ml.drift import Measure
 
 CLASSIFIER_ACCURACY = AssetCheckSpec(
     "test_accuracy_at_least_minimum",
@@ -103,4 +107,37 @@ def deployment_checks(values: dict[str, float], bounds: dict[str, float]) -> lis
     return [
         _gate(spec, values[value], bounds[bound] if bound else 1.0, at_least)
         for spec, (value, bound, at_least) in zip(DEPLOYMENT_CHECKS, DEPLOYMENT_GATES.values(), strict=True)
+    ]
+
+
+# Drift on production_monitoring, one check per mnist_ml.drift measure: yellow (WARN) past the
+# warn bound, red (ERROR) past the error bound. Never blocking: nothing runs downstream of it.
+MONITORING_CHECKS = {
+    "ood_rate": "Share of inputs the concept model flags, against warn_ood_rate / max_ood_rate.",
+    "class_psi": "PSI of the predicted classes against the training labels (warn_class_psi / max_class_psi).",
+    "estimated_accuracy_drop": "Label-free (ATC) accuracy estimate below its held-out value, in points "
+    "(warn_accuracy_drop_points / max_accuracy_drop_points).",
+    "confidence_distribution": "KS test of the top-class probabilities against held-out ones "
+    "(p-value below ks_warn_p_value / ks_error_p_value).",
+    "concept_score_distribution": "KS test of the concept scores against held-out digits' "
+    "(p-value below ks_warn_p_value / ks_error_p_value).",
+}
+MONITORING_CHECK_SPECS = [
+    AssetCheckSpec(name, asset="production_monitoring", description=description)
+    for name, description in MONITORING_CHECKS.items()
+]
+
+
+def monitoring_checks(found: list[Measure]) -> list[AssetCheckResult]:
+    """One result per measure: passed when "ok" or "unknown" (too few images, no calibration)."""
+    return [
+        AssetCheckResult(
+            check_name=measure.check,
+            asset_key="production_monitoring",
+            passed=measure.level in ("ok", "unknown"),
+            severity=AssetCheckSeverity.WARN if measure.level == "warn" else AssetCheckSeverity.ERROR,
+            description=f"{measure.level}: {measure.describe()}",
+            metadata={"value": measure.value, "warn": measure.warn, "error": measure.error, "level": measure.level},
+        )
+        for measure in found
     ]

@@ -13,6 +13,7 @@ from dagster import Config
 from pydantic import Field
 
 from mnist_delivery.gate import Margins
+from mnist_ml.drift import DriftBounds
 from mnist_ml.hyperparams import ARCHITECTURES, FitParams
 
 MNIST_MIRRORS = [
@@ -113,15 +114,45 @@ class DeploymentTestConfig(Config):
 
 
 class MonitoringConfig(Config):
-    """Production monitoring and the drift sensor, which reads this section of run_config.yaml."""
+    """Production monitoring and the drift sensor, which reads this section of run_config.yaml.
+    Each drift measure has a warn and an error bound (the asset checks on production_monitoring
+    turn yellow and red); the sensor requests a retraining run on an error-level OOD rate, class
+    PSI or estimated accuracy drop."""
 
     window_minutes: float = Field(default=60.0, gt=0, description="Traffic window summarized and checked for drift.")
-    buckets: int = Field(default=12, ge=2, le=1000, description="Time buckets of the out-of-distribution trend.")
+    buckets: int = Field(default=12, ge=2, le=1000, description="Time buckets of the trends in the plots.")
+    warn_ood_rate: float = Field(default=0.1, ge=0, le=1, description="Warn: share of flagged inputs above this.")
     max_ood_rate: float = Field(default=0.2, ge=0, le=1, description="Drift: share of flagged inputs above this.")
+    warn_class_psi: float = Field(default=0.1, gt=0, description="Warn: PSI of predicted classes vs training.")
     max_class_psi: float = Field(default=0.25, gt=0, description="Drift: PSI of predicted classes vs training.")
+    warn_accuracy_drop_points: float = Field(
+        default=2.0, ge=0, le=100, description="Warn: label-free accuracy estimate this far below held-out."
+    )
+    max_accuracy_drop_points: float = Field(
+        default=5.0, ge=0, le=100, description="Drift: label-free accuracy estimate this far below held-out."
+    )
+    ks_warn_p_value: float = Field(
+        default=0.01, gt=0, lt=1, description="Warn: confidence or concept-score KS test vs training below this."
+    )
+    ks_error_p_value: float = Field(
+        default=1e-4, gt=0, lt=1, description="Error (shown, no retraining): KS p-value below this."
+    )
     min_images: int = Field(default=200, ge=1, description="No drift verdict on fewer images than this.")
     cooldown_minutes: float = Field(default=30.0, ge=0, description="No new retraining run within this time.")
     ood_grid_size: int = Field(default=40, ge=1, le=400, description="Most out-of-distribution inputs to show.")
+
+    def bounds(self) -> DriftBounds:
+        return DriftBounds(
+            self.warn_ood_rate,
+            self.max_ood_rate,
+            self.warn_class_psi,
+            self.max_class_psi,
+            self.warn_accuracy_drop_points,
+            self.max_accuracy_drop_points,
+            self.ks_warn_p_value,
+            self.ks_error_p_value,
+            self.min_images,
+        )
 
 
 class KubernetesStepsConfig(Config):

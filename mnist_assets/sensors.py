@@ -1,4 +1,4 @@
-"""Sensors that close the loop: retrain on drift or new data, and alert on failure.
+"""Sensors that close the loop: retrain on drift or new data, alert on drift and on failure.
 
 Sensors get their resources as parameters, the same ones the runs use. They get no run
 config, so they read the run-config file (the ``run_config`` resource: the same
@@ -13,22 +13,24 @@ import time
 from dataclasses import asdict
 
 from dagster import (
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunFailureSensorContext,
     RunRequest,
+    RunStatusSensorContext,
     SensorEvaluationContext,
     SkipReason,
     run_failure_sensor,
+    run_status_sensor,
     sensor,
 )
 
-from mnist_assets.assets.monitoring import training_class_counts
+from mnist_assets.assets.monitoring import recent_traffic
 from mnist_assets.config import PipelineConfig
 from mnist_assets.jobs import mnist_pipeline, mnist_pipeline_k8s
-from mnist_delivery.traffic import window_traffic
 from mnist_ml.datasets import MNIST_FILES, NOTMNIST_ARCHIVE
 from mnist_ml.drift import DriftState, drift_reasons, drift_step
-from resources import AlertWebhook, DataStore, ModelDeployer, RunConfigFile
+from resources import AlertWebhook, DataStore, ModelDeployer, ModelRegistry, RunConfigFile
 
 DRIFT_INTERVAL_S = int(os.environ.get("MNIST_DRIFT_SENSOR_INTERVAL_S", "30"))
 NEW_DATA_INTERVAL_S = int(os.environ.get("MNIST_NEW_DATA_SENSOR_INTERVAL_S", "300"))
@@ -46,29 +48,33 @@ def retraining_job(deployer: ModelDeployer) -> str:
     minimum_interval_seconds=DRIFT_INTERVAL_S,
     default_status=DefaultSensorStatus.RUNNING,
     description="Requests one retraining run per drift episode when, over the monitoring window, the "
-    "out-of-distribution rate or the predicted-class PSI crosses its bound (with a minimum volume "
-    "and a cooldown).",
+    "out-of-distribution rate, the predicted-class PSI or the label-free accuracy estimate's drop "
+    "crosses its error bound (with a minimum volume and a cooldown).",
 )
 def drift_sensor(
-    context: SensorEvaluationContext, data_store: DataStore, deployer: ModelDeployer, run_config: RunConfigFile
+    context: SensorEvaluationContext,
+    data_store: DataStore,
+    deployer: ModelDeployer,
+    registry: ModelRegistry,
+    run_config: RunConfigFile,
 ):
     raw = run_config.load()
     monitoring = PipelineConfig.model_validate(raw).monitoring
     if not data_store.path("processed", "mnist.npz").exists():
         return SkipReason("no training data yet: materialize mnist_dataset first")
     now = time.time()
-    summary = window_traffic(
-        deployer.request_log_dir,
-        training_class_counts(data_store),
-        monitoring.window_minutes * 60,
-        now,
-        monitoring.buckets,
-    ).summary
-    reasons = drift_reasons(summary, monitoring.max_ood_rate, monitoring.max_class_psi, monitoring.min_images)
+    traffic = recent_traffic(monitoring, data_store, deployer, registry, now)
+    summary = traffic.summary
+    reasons = drift_reasons(summary, monitoring.bounds())
     state = DriftState(**json.loads(context.cursor)) if context.cursor else DriftState()
     state, action = drift_step(state, bool(reasons), now, monitoring.cooldown_minutes * 60)
     context.update_cursor(json.dumps(asdict(state)))
-    numbers = f"{summary.images} images, OOD rate {summary.ood_rate:.3f}, class PSI {summary.psi:.3f}"
+    estimate = summary.estimated_accuracy
+    numbers = f"{summary.images} images, OOD rate {summary.ood_rate:.3f}, class PSI {summary.psi:.3f}, " + (
+        f"estimated accuracy {estimate:.3f} (held-out {summary.reference_accuracy:.3f})"
+        if estimate is not None
+        else "no accuracy estimate"
+    )
     if action != "run":
         return SkipReason(f"{action}: {numbers}")
     context.log.info(f"drift ({'; '.join(reasons)}): requesting a retraining run")
@@ -82,8 +88,32 @@ def drift_sensor(
             "mnist/images": str(summary.images),
             "mnist/ood_rate": f"{summary.ood_rate:.4f}",
             "mnist/class_psi": f"{summary.psi:.4f}",
+            "mnist/estimated_accuracy": "unknown" if estimate is None else f"{estimate:.4f}",
+            "mnist/serving_version": traffic.version or "none",
         },
     )
+
+
+@run_status_sensor(
+    run_status=DagsterRunStatus.QUEUED,
+    monitored_jobs=[mnist_pipeline, mnist_pipeline_k8s],
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=DRIFT_INTERVAL_S,
+    description="Posts each drift episode to the alert webhook ($MNIST_ALERT_WEBHOOK_URL) as soon as the "
+    "retraining run the drift sensor requested is queued: what crossed, by how much, the run and its link.",
+)
+def drift_alert(context: RunStatusSensorContext, alert_webhook: AlertWebhook):
+    run = context.dagster_run
+    if run.tags.get("mnist/trigger") != "drift":
+        return SkipReason(f"run {run.run_id} is not a drift retraining run")
+    link = alert_webhook.run_url(run.run_id)
+    reasons = run.tags["mnist/reason"]
+    message = f"Production drift: {reasons}. Requested retraining run {run.run_id} of {run.job_name}: {link}"
+    numbers = {key.removeprefix("mnist/"): value for key, value in run.tags.items() if key.startswith("mnist/")}
+    alert_webhook.send(
+        message, {"run_id": run.run_id, "job": run.job_name, "link": link, "drift": numbers}, context.log
+    )
+    return None
 
 
 def data_fingerprints(

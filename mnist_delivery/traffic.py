@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mnist_ml.drift import TrafficSummary, summarize
+from mnist_ml.shift import Calibration
 from mnist_serving.request_log import LoggedPrediction, read_feedback, read_predictions
 
 
@@ -17,18 +19,27 @@ class Traffic:
     predictions: list[LoggedPrediction]
     summary: TrafficSummary
     malformed_lines: int
+    version: str | None  # the model version that served most of the window
 
 
 def window_traffic(
-    log_dir: Path, training_class_counts: Sequence[int], window_s: float, now: float, buckets: int = 12
+    log_dir: Path,
+    training_class_counts: Sequence[int],
+    window_s: float,
+    now: float,
+    buckets: int = 12,
+    calibration_of: Callable[[str], Calibration | None] = lambda version: None,
 ) -> Traffic:
     """Predictions logged in the last ``window_s`` seconds before ``now``, summarized, with
-    feedback labels joined in for production accuracy."""
+    feedback labels joined in for production accuracy. ``calibration_of(version)`` gives the
+    label-free references of the version that served most of the window (None: no estimate)."""
     predictions, malformed = read_predictions(log_dir, since=now - window_s, until=now)
     feedback = read_feedback(log_dir)
     labels = {
         i: feedback[(p.request_id, p.index)] for i, p in enumerate(predictions) if (p.request_id, p.index) in feedback
     }
+    served = Counter(p.version for p in predictions).most_common(1)
+    version = served[0][0] if served else None
     summary = summarize(
         np.array([p.ts for p in predictions], float),
         np.array([p.predicted for p in predictions], int),
@@ -38,8 +49,10 @@ def window_traffic(
         (now - window_s, now),
         labels=labels,
         buckets=buckets,
+        concept_score=np.array([p.concept_score for p in predictions], float),
+        calibration=calibration_of(version) if version is not None else None,
     )
-    return Traffic(predictions, summary, malformed)
+    return Traffic(predictions, summary, malformed, version)
 
 
 def relabelled_inputs(log_dir: Path) -> tuple[np.ndarray, np.ndarray, int]:

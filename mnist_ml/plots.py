@@ -88,22 +88,53 @@ def rate_bars(rates: Mapping[str, float], bounds: Mapping[str, float], title: st
     return _png(fig)
 
 
-def traffic_timeseries(trend: Sequence[tuple[float, int, float]], threshold: float) -> bytes:
-    """Images per time bucket (bars) and the out-of-distribution rate (line) with its drift bound."""
-    fig, volume = plt.subplots(figsize=(8, 3.4))
+def traffic_timeseries(
+    trend: Sequence[tuple[float, int, float]],
+    threshold: float,
+    shift_trend: Sequence[tuple[float, float | None, float | None, float | None]] = (),
+) -> bytes:
+    """Images per time bucket (bars) and the out-of-distribution rate (line) with its drift bound;
+    with ``shift_trend`` (bucket start, estimated accuracy, confidence and concept-score KS
+    p-values) a second panel below shows the label-free estimates over the same buckets."""
+    rows = 2 if shift_trend else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(8, 3.4 * rows), sharex=True, squeeze=False)
+    volume = axes[0, 0]
     starts = np.array([t for t, _, _ in trend])
     minutes = (starts - starts[0]) / 60 if len(starts) else starts
     width = (minutes[1] - minutes[0]) * 0.8 if len(minutes) > 1 else 1.0
     volume.bar(minutes, [n for _, n, _ in trend], width=width, align="edge", color="tab:gray", alpha=0.4)
     volume.set_ylabel("images")
-    volume.set_xlabel("minutes into the window")
+    axes[-1, 0].set_xlabel("minutes into the window")
     rate = volume.twinx()
     rate.plot(minutes + width / 2, [r for _, _, r in trend], marker="o", color="tab:red", label="OOD rate")
     rate.axhline(threshold, color="tab:red", linestyle="--", label=f"drift bound {threshold}")
     rate.set_ylim(0, 1.05)
     rate.set_ylabel("out-of-distribution rate")
     rate.legend(loc="upper left")
+    if shift_trend:
+        _shift_panel(axes[1, 0], minutes + width / 2, shift_trend)
     return _png(fig)
+
+
+def _shift_panel(
+    accuracy: plt.Axes, x: np.ndarray, shift_trend: Sequence[tuple[float, float | None, float | None, float | None]]
+) -> None:
+    """Estimated accuracy (left axis) and KS p-values (right, log axis) per bucket; gaps where empty."""
+
+    def column(i: int) -> list[float]:
+        return [np.nan if row[i] is None else row[i] for row in shift_trend]
+
+    accuracy.plot(x, column(1), marker="o", color="tab:blue", label="estimated accuracy (ATC)")
+    accuracy.set_ylim(0, 1.05)
+    accuracy.set_ylabel("estimated accuracy")
+    accuracy.legend(loc="lower left")
+    p_values = accuracy.twinx()
+    for i, name, color in ((2, "confidence", "tab:orange"), (3, "concept score", "tab:green")):
+        p_values.plot(x, np.maximum(column(i), 1e-12), marker=".", color=color, label=f"KS p, {name}")
+    p_values.set_yscale("log")
+    p_values.set_ylim(1e-12, 2)
+    p_values.set_ylabel("KS p-value vs training")
+    p_values.legend(loc="lower right")
 
 
 def class_distribution(training: Sequence[int], production: Sequence[int]) -> bytes:

@@ -1,5 +1,6 @@
-"""Where failure alerts go: a webhook (Slack, Teams, a pager...) named by an environment
-variable, so the URL, often a secret, never sits in config, the UI or the logs."""
+"""Where alerts go (failed runs, drift episodes): a webhook (Slack, Teams, a pager...) named by
+an environment variable, so the URL, often a secret, never sits in config, the UI or the logs
+(only its host is logged). Alerts link to runs in the Dagster UI at ``$MNIST_DAGSTER_UI_URL``."""
 
 from __future__ import annotations
 
@@ -11,10 +12,22 @@ import requests
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from resources.environment import setting
+
 
 class AlertWebhook(ConfigurableResource):
     url_env: str = Field(default="MNIST_ALERT_WEBHOOK_URL", description="Environment variable holding the URL.")
     timeout_s: float = Field(default=10.0, gt=0)
+    ui_url: str = setting(
+        "http://127.0.0.1:3000",
+        env="MNIST_DAGSTER_UI_URL",
+        description="The Dagster UI as people open it, for links in alerts",
+        pattern=r"^https?://",
+    )
+
+    def run_url(self, run_id: str) -> str:
+        """The run's page in the Dagster UI."""
+        return f"{self.ui_url.rstrip('/')}/runs/{run_id}"
 
     def send(self, message: str, details: dict[str, Any], log: Any) -> bool:
         """POST ``{"text": message, **details}``; True if the webhook took it. Logs, never raises."""

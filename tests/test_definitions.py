@@ -101,7 +101,13 @@ def test_every_asset_has_a_group_an_owner_and_a_description_and_materialize_all_
     # "Materialize all" in the UI runs the implicit asset job with every default.
     everything = defs.resolve_implicit_global_asset_job_def()
     assert validate_run_config(everything, {})["ops"]["mnist_classifier"]["config"]["hidden_units"] == [256, 64]
-    assert {s.name for s in defs.sensors} == {"drift_sensor", "new_data_sensor", "failure_alert"}
+    assert {s.name for s in defs.sensors} == {
+        "drift_sensor",
+        "new_data_sensor",
+        "failure_alert",
+        "drift_alert",
+        "monitoring_automation",
+    }
 
 
 RESOURCES = (DataStore, ModelRegistry, ModelDeployer, RunConfigFile)
@@ -126,7 +132,12 @@ def test_resources_take_their_settings_from_the_environment(monkeypatch, tmp_pat
     monkeypatch.setenv("MNIST_DATA_ROOT", str(tmp_path / "data"))
     monkeypatch.setenv("MNIST_SERVING_PORT", "9123")
     monkeypatch.delenv("MNIST_SERVING_HOST", raising=False)
-    resources = {"data_store": from_environment(DataStore), "deployer": from_environment(ModelDeployer)}
+    resources = {
+        "data_store": from_environment(DataStore),
+        "deployer": from_environment(ModelDeployer),
+        "registry": from_environment(ModelRegistry),
+        "run_config": from_environment(RunConfigFile),
+    }
     job = Definitions(assets=[production_monitoring], jobs=[job_def], resources=resources).resolve_job_def("probe")
     resolved = validate_run_config(job, {})["resources"]
     assert resolved["data_store"]["config"]["root"] == str(tmp_path / "data")

@@ -1,5 +1,6 @@
-"""Monitoring: the production_monitoring and production_labels assets, and the sensors
-ticked with Dagster's test helpers, against a real request log written by a real server
+"""Monitoring: the production_monitoring and production_labels assets (with the drift checks'
+levels), and the sensors ticked with Dagster's test helpers (drift, new data, the drift and
+failure alerts), against a real request log written by a real server
 (tiny models), real files and a real webhook receiver on 127.0.0.1.
 
 Not covered here: the daemon scheduling ticks and launching the requested runs (see
@@ -28,9 +29,9 @@ from dagster import (
 from PIL import Image
 
 from mnist_assets.assets import production_labels, production_monitoring
-from mnist_assets.sensors import drift_sensor, failure_alert, new_data_sensor
+from mnist_assets.sensors import drift_alert, drift_sensor, failure_alert, new_data_sensor
 from mnist_delivery.client import EndpointClient
-from resources import AlertWebhook, DataStore, ModelDeployer, RunConfigFile
+from resources import AlertWebhook, DataStore, ModelDeployer, ModelRegistry, RunConfigFile
 
 pytestmark = pytest.mark.slow
 
@@ -68,12 +69,13 @@ def world(tmp_path, monkeypatch, tiny_versions):
     monkeypatch.setenv("MNIST_SERVER_INPUT_SAMPLE_RATE", "1.0")  # every input kept in the log
     monkeypatch.setenv("MNIST_FEEDBACK_TOKEN", "monitoring-test-token")  # the server takes labels
     deployer = ModelDeployer(port=0, state_dir=str(tmp_path / "serving"))
+    repository, (v1, _) = tiny_versions
     resources = {
         "data_store": DataStore(root=str(tmp_path / "data")),
         "deployer": deployer,
+        "registry": ModelRegistry(root=str(repository.root), model_name=repository.model_name),
         "run_config": RunConfigFile(path=str(tmp_path / "run_config.yaml")),
     }
-    _, (v1, _) = tiny_versions
     endpoint = deployer.deploy(v1.path, str(v1.version))
     try:
         client = EndpointClient(endpoint.url)
@@ -122,7 +124,9 @@ def test_drift_sensor_one_run_per_episode_and_restart_safe(world):
     assert isinstance(result, RunRequest)
     assert result.run_key.startswith("drift-")
     assert result.tags["mnist/trigger"] == "drift"
-    assert result.tags["mnist/reason"].startswith("out-of-distribution rate 0.67")
+    assert result.tags["mnist/reason"] == "out-of-distribution rate 0.678 > 0.5 (by 0.178)"
+    assert result.tags["mnist/serving_version"] == "1"
+    assert result.tags["mnist/estimated_accuracy"] == "unknown", "the tiny versions have no calibration"
     assert result.tags["mnist/images"] == "90"
     assert result.run_config["monitoring"]["max_ood_rate"] == 0.5  # the run gets the file's config
 
@@ -241,21 +245,23 @@ def test_monitoring_summarizes_the_window_with_feedback_accuracy(world):
     for request_id in clean_ids[:4]:  # two labels agree with the model, two don't
         label = predicted if request_id in clean_ids[:2] else (predicted + 1) % 10
         client.session.post(f"{client.url}/v1/models/mnist/feedback", json={"request_id": request_id, "label": label})
-    store = DataStore(root=str(tmp_path / "data"))
     result = materialize(
         [production_monitoring],
         run_config={"ops": {"production_monitoring": {"config": {"window_minutes": 10, "min_images": 20}}}},
-        resources={"data_store": store, "deployer": deployer},
+        resources=world[4],
     )
     meta = result.asset_materializations_for_node("production_monitoring")[0].metadata
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["ood_rate"].passed is False and checks["ood_rate"].severity.value == "ERROR"
+    assert checks["ood_rate"].description == "error: out-of-distribution rate 0.244 > 0.2 (by 0.0439)"
+    assert checks["estimated_accuracy_drop"].passed and checks["estimated_accuracy_drop"].description.startswith(
+        "unknown"
+    )
     assert meta["images"].value == 41
     assert meta["ood_rate"].value == pytest.approx(10 / 41)
     assert meta["labelled"].value == 4 and meta["production_accuracy"].value == 0.5
     assert meta["class_psi"].value > 1  # the tiny model predicts one class; training has ten
-    assert (
-        meta["drift"].value
-        == f"out-of-distribution rate 0.244 > 0.2; predicted-class PSI {meta['class_psi'].value:.3f} > 0.25"
-    )
+    assert meta["drift"].value.startswith("out-of-distribution rate 0.244 > 0.2 (by 0.0439); predicted-class PSI")
     for plot in ("traffic", "predicted_classes", "most_out_of_distribution"):
         assert "data:image/png;base64," in meta[plot].value
     assert (tmp_path / "data" / "plots" / "production_most_ood.png").exists()
@@ -280,3 +286,32 @@ def test_production_labels_merge_incoming_images_and_feedback(world):
     saved = store.load_arrays("production_labels")
     assert saved["y"].tolist() == [3, 3, 8, 5]
     np.testing.assert_array_equal(saved["x"][3], BLACK[0])  # the production input, as it was sent
+
+
+@asset
+def retraining_stand_in():
+    """Stands in for the retraining job: the alert reads only the run's tags."""
+
+
+def test_drift_alert_posts_what_crossed_the_run_and_its_link(webhook, monkeypatch, capfd):
+    url, received = webhook
+    monkeypatch.setenv("MNIST_ALERT_WEBHOOK_URL", url)
+    reason = "estimated accuracy drop (points) 12.1 > 5.0 (by 7.1)"
+    with DagsterInstance.ephemeral() as instance:
+        for tags in ({"mnist/trigger": "new-data"}, {"mnist/trigger": "drift", "mnist/reason": reason}):
+            result = materialize([retraining_stand_in], instance=instance, tags={**tags, "mnist/images": "900"})
+            run = instance.get_run_by_id(result.run_id)
+            (start,) = (e.dagster_event for e in instance.all_logs(result.run_id, of_type=DagsterEventType.RUN_START))
+            context = build_run_status_sensor_context(
+                sensor_name="drift_alert", dagster_instance=instance, dagster_run=run, dagster_event=start
+            )
+            outcome = drift_alert(context, alert_webhook=AlertWebhook(ui_url="https://dagster.example/"))
+    assert outcome is None
+    (alert,) = received  # the new-data run posted nothing
+    link = f"https://dagster.example/runs/{run.run_id}"
+    assert alert["text"] == (
+        f"Production drift: {reason}. Requested retraining run {run.run_id} of __ephemeral_asset_job__: {link}"
+    )
+    assert alert["link"] == link and alert["drift"] == {"trigger": "drift", "reason": reason, "images": "900"}
+    logged = capfd.readouterr().err
+    assert "alert posted to 127.0.0.1" in logged and url not in logged, "the webhook URL is never logged"

@@ -7,6 +7,10 @@ Invariants:
   materialization, which is how ``uploaded_model`` finds it;
 - a SavedModel folder appears whole or not at all (``DataStore.publish_dir``); a retried step of
   the same run replaces its own folder;
+- the classifier's metrics carry its label-free calibration (``atc``: the ATC threshold and the
+  held-out confidence distribution), the concept model's the held-out score distribution
+  (``reference_scores``), both on the fit's own held-out split (``mnist_ml.shift``): publishing
+  copies them into the manifest, where monitoring finds them;
 - after each export the run folders beyond the newest ``KEEP_RUN_FOLDERS`` are deleted, never the
   current run's nor the one either model's latest materialization names (what a later publish
   without training would take). The registry keeps its own copy of every published version.
@@ -33,6 +37,7 @@ from mnist_ml.datasets import DIGITS, to_unit_float
 from mnist_ml.evaluation import add_uniform_noise, confusion_matrix, ood_report, per_class_accuracy
 from mnist_ml.model_contract import CLASSIFIER, CONCEPT_MODEL
 from mnist_ml.run_folders import prune_run_folders
+from mnist_ml.shift import classifier_calibration, reference_sketch
 from resources import DataStore
 
 # TensorFlow modules are imported inside the assets: the orchestrating process and the data
@@ -95,6 +100,7 @@ def _record(
 def mnist_classifier(context: AssetExecutionContext, config: ClassifierConfig, data_store: DataStore):
     from mnist_ml.classifier import train_classifier
     from mnist_ml.savedmodel import LoadedModel, export_classifier
+    from mnist_ml.training import split_validation
 
     data = data_store.load_arrays("mnist")
     extra = data_store.load_arrays("production_labels")
@@ -111,15 +117,19 @@ def mnist_classifier(context: AssetExecutionContext, config: ClassifierConfig, d
     accuracy = float(np.trace(matrix) / matrix.sum())
     per_class = dict(zip(DIGITS, per_class_accuracy(matrix).tolist(), strict=True))
     context.log.info(f"classifier test accuracy {accuracy:.4f}")
+    _, held_out = split_validation(len(x_train), config.validation_fraction, config.seed)  # the fit's own split
+    atc = classifier_calibration(exported(to_unit_float(x_train[held_out]))["probabilities"], y_train[held_out])
+    context.log.info(f"ATC threshold {atc['threshold']:.4f} (held-out accuracy {atc['validation_accuracy']:.4f})")
     pngs = {
         "confusion_matrix": plots.confusion_matrix_plot(matrix, DIGITS),
         "training_curves": plots.training_curves(trained.history, "classifier"),
     }
-    metrics = {"test_accuracy": accuracy, "per_class_accuracy": per_class}
+    metrics = {"test_accuracy": accuracy, "per_class_accuracy": per_class, "atc": atc}
     return MaterializeResult(
         metadata={
             "test_accuracy": accuracy,
             "validation_accuracy": trained.history["val_accuracy"][-1],
+            "atc_threshold": atc["threshold"],
             "production_labelled_images": len(extra["x"]),
             "per_class_accuracy": metadata.table(per_class, "digit", "accuracy"),
             **_record(context, data_store, model_dir, trained, config, metrics, pngs),
@@ -149,7 +159,8 @@ def mnist_concept_model(context: AssetExecutionContext, config: ConceptModelConf
     with data_store.publish_dir(model_dir) as scratch:
         export_concept_model(trained.fit.model, scratch)
         score = LoadedModel(scratch)
-        threshold = calibrate_threshold(score(trained.validation_images)["score"], config.threshold_percentile)
+        held_out_scores = score(trained.validation_images)["score"]
+        threshold = calibrate_threshold(held_out_scores, config.threshold_percentile)
         write_concept_calibration(
             scratch,
             {"threshold": threshold, "percentile": config.threshold_percentile, "calibrated_on": "held-out MNIST"},
@@ -167,7 +178,13 @@ def mnist_concept_model(context: AssetExecutionContext, config: ConceptModelConf
         "score_histogram": plots.score_histogram(scores, threshold),
         "training_curves": plots.training_curves(trained.fit.history, "autoencoder"),
     }
-    metrics = {"threshold": threshold, "notmnist": notmnist_report, "noisy_mnist": noisy_report}
+    metrics = {
+        "threshold": threshold,
+        "threshold_percentile": config.threshold_percentile,
+        "notmnist": notmnist_report,
+        "noisy_mnist": noisy_report,
+        "reference_scores": reference_sketch(held_out_scores),
+    }
     return MaterializeResult(
         metadata={
             "threshold": threshold,
