@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,19 +71,30 @@ class FileModelRepository:
     def model_dir(self) -> Path:
         return self.root / self.model_name
 
-    def publish(self, artifacts: Mapping[str, Path], manifest: Mapping[str, Any]) -> ModelVersion:
+    def publish(
+        self,
+        artifacts: Mapping[str, Path],
+        manifest: Mapping[str, Any],
+        documents: Callable[[Mapping[str, Any]], Mapping[str, str]] | None = None,
+    ) -> ModelVersion:
         """Copy each artifact folder into a new version ``<key>/`` and return that version.
 
-        The version number is taken under the lock, so concurrent publishers never collide.
+        ``documents`` gets the full manifest (with the version number and creation time) and
+        returns text files to write beside it (file name -> text), e.g. a model card: they are
+        part of the version, sealed with it. The version number is taken under the lock, so
+        concurrent publishers never collide.
         """
         _check_artifacts(artifacts)
         with self._locked():
             self._remove_leftover_staging()
             version = self._next_version()
             text = _manifest_text(manifest, version, self.model_name, sorted(artifacts))
+            extra = dict(documents(json.loads(text))) if documents else {}
+            if set(extra) & {MANIFEST, *artifacts}:
+                raise RegistryError(f"documents {sorted(extra)} would replace the manifest or an artifact")
             staging = self.model_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
             try:
-                _build(staging, artifacts, text)
+                _build(staging, artifacts, text, extra)
                 self._rename_into_place(staging, version)
             except BaseException:
                 _remove_tree(staging)
@@ -247,12 +258,14 @@ def _manifest_text(manifest: Mapping[str, Any], version: int, model_name: str, k
     return json.dumps(full, indent=2, sort_keys=True) + "\n"
 
 
-def _build(staging: Path, artifacts: Mapping[str, Path], manifest_text: str) -> None:
+def _build(staging: Path, artifacts: Mapping[str, Path], manifest_text: str, documents: Mapping[str, str]) -> None:
     """Fill the staging folder and make it read-only, so the version is final when it appears."""
     staging.mkdir()
     for key, source in artifacts.items():
         shutil.copytree(source, staging / key)
     (staging / MANIFEST).write_text(manifest_text)
+    for name, text in documents.items():
+        (staging / name).write_text(text)
     for folder, _, files in os.walk(staging, topdown=False):
         for name in files:
             os.chmod(os.path.join(folder, name), 0o444)

@@ -42,12 +42,13 @@ def quick_environment(root: Path) -> dict[str, str]:
 
 def quick_resources(root: Path) -> dict:
     """The same settings as resources, for runs in this process."""
-    from resources import DataStore, ModelDeployer, ModelRegistry
+    from resources import DataStore, ModelDeployer, ModelRegistry, RunConfigFile
 
     return {
         "data_store": DataStore(root=str(root / "data")),
         "registry": ModelRegistry(root=str(root / "models")),
         "deployer": ModelDeployer(state_dir=str(root / "serving"), port=0),
+        "run_config": RunConfigFile(),  # production_monitoring's, for runs without config of their own
     }
 
 

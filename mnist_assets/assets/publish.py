@@ -10,7 +10,9 @@ Invariants:
 - ``FileModelRepository.publish`` writes the version atomically and never overwrites one;
 - the version holds both models as one ONNX graph too (what the endpoint serves), checked for
   parity with the SavedModels on the 10,000 MNIST test digits before publishing: the figures are
-  in the manifest (``onnx``), and a version that fails parity is not published (``onnx_export``).
+  in the manifest (``onnx``), and a version that fails parity is not published (``onnx_export``);
+- the version holds its model card (``MODEL_CARD.md``, ``mnist_ml.model_card``), generated from
+  the full manifest and written before the version is sealed; it is shown on the materialization.
 """
 
 import json
@@ -30,7 +32,9 @@ from dagster import (
 
 from mnist_assets.assets.data import mnist_dataset, notmnist_dataset
 from mnist_assets.assets.models import MODEL_ASSETS, OWNERS, mnist_classifier, mnist_concept_model
+from mnist_ml import model_card
 from mnist_ml.datasets import load_mnist, to_unit_float
+from mnist_ml.model_card import MODEL_CARD
 from mnist_ml.model_contract import (
     CLASSIFIER,
     CLASSIFIER_OUTPUTS,
@@ -136,7 +140,11 @@ def uploaded_model(context: AssetExecutionContext, data_store: DataStore, regist
         except ParityError as exc:
             raise Failure(f"not published: {exc}") from None
         context.log.info(f"ONNX export matches the SavedModels: {manifest['onnx']['parity']}")
-        version = repository.publish({**artifacts, ONNX_ARTIFACT: Path(tmp) / ONNX_ARTIFACT}, manifest)
+        version = repository.publish(
+            {**artifacts, ONNX_ARTIFACT: Path(tmp) / ONNX_ARTIFACT},
+            manifest,
+            documents=lambda full: {MODEL_CARD: model_card.render(full)},
+        )
     repository.set_alias("candidate", version.version)
     context.log.info(f"published {version.name} version {version.version} at {version.path}")
     return MaterializeResult(
@@ -145,6 +153,7 @@ def uploaded_model(context: AssetExecutionContext, data_store: DataStore, regist
             "trained_in_run": MetadataValue.json(trained_in),
             "path": MetadataValue.path(str(version.path)),
             "manifest": MetadataValue.json(version.manifest),
+            "model_card": MetadataValue.md((version.path / MODEL_CARD).read_text()),
             "aliases": MetadataValue.json(repository.aliases()),
         }
     )
