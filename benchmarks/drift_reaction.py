@@ -3,7 +3,9 @@ drift sensor's retraining run exists, measured with the real Dagster daemon.
 
 Runs mnist_pipeline once (one epoch per model) in a temporary DAGSTER_HOME, starts the
 daemon with the drift sensor at --interval seconds, sends 300 notMNIST images to the
-endpoint (the out-of-distribution rate jumps from 0 to 1), and times the run's creation.
+endpoint (the out-of-distribution rate jumps from 0 to 1), and times the run's creation and
+the moment the retrained version serves (the endpoint's endpoint.json last written, once the
+retraining run has succeeded).
 
     python benchmarks/drift_reaction.py --mirror ../shared/data [--interval 30]
 """
@@ -83,12 +85,18 @@ def main() -> None:
                     sys.exit(f"no drift run within {5 * args.interval}s:\n{stack.log('daemon')[-3000:]}")
                 reaction = run.create_timestamp.timestamp() - crossed
                 stack.wait_for_run(run.dagster_run.run_id)
+                new_version = LocalEndpoint(work / "serving").current()
+                if new_version is None or new_version.version != "2":
+                    sys.exit(f"after the retraining run, {new_version} serves, not version 2")
+                # endpoint.json is written when the new version takes the traffic (the commit).
+                serving = LocalEndpoint(work / "serving").state_file.stat().st_mtime - crossed
         finally:
             LocalEndpoint(work / "serving").stop()
     measured = {
         "sensor_interval_s": args.interval,
         "drift_to_run_created_s": round(reaction, 1),
         "in_sensor_intervals": round(reaction / args.interval, 2),
+        "drift_to_new_version_serving_s": round(serving, 1),
     }
     ok = publish(
         "drift_reaction",
