@@ -17,6 +17,7 @@ from quick_config import quick_job, quick_resources, quick_run_config
 
 from mnist_assets.assets import deliver_candidate, uploaded_model
 from mnist_delivery.local_endpoint import LocalEndpoint
+from mnist_ml.onnx_export import ONNX_ARTIFACT
 from mnist_ml.registry import FileModelRepository
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -132,8 +133,9 @@ def test_a_candidate_worse_than_production_is_refused_by_the_gate(chain, tiny_ve
     root, config, _, instance = chain
     repository = FileModelRepository(root / "models")
     production = repository.resolve("production")
-    untrained = {name: tiny_versions[1][0].path / name for name in ("classifier", "concept_model")}
-    worse = repository.publish(untrained, {"training": production.manifest["training"], "note": "untrained"})
+    untrained = {name: tiny_versions[1][0].path / name for name in ("classifier", "concept_model", ONNX_ARTIFACT)}
+    manifest = {"training": production.manifest["training"], "onnx": tiny_versions[1][0].manifest["onnx"]}
+    worse = repository.publish(untrained, {**manifest, "note": "untrained"})
     repository.set_alias("candidate", worse.version)
     anything_goes = {
         **config["deployment_tests"],
