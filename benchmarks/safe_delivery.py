@@ -28,6 +28,7 @@ from report import publish, table
 from mnist_delivery.acceptance import run_acceptance
 from mnist_delivery.client import EndpointClient
 from mnist_delivery.local_endpoint import LocalEndpoint
+from mnist_ml.datasets import to_unit_float
 from mnist_ml.model_contract import TEST_TRAFFIC
 from mnist_ml.registry import FileModelRepository
 
@@ -46,6 +47,14 @@ def _untrained(folder: Path) -> dict[str, Path]:
     export_concept_model(build_autoencoder([32, 8], seed=1), artifacts["concept_model"])
     write_concept_calibration(artifacts["concept_model"], {"threshold": 0.2, "percentile": 99.0})
     return artifacts
+
+
+def _publish(registry: FileModelRepository, artifacts: dict[str, Path], work: Path, digits: np.ndarray) -> Path:
+    """Publish the SavedModels with their ONNX graph (what the server runs), as publishing does."""
+    from mnist_ml.onnx_export import ONNX_ARTIFACT, export_checked
+
+    onnx = export_checked(artifacts, work / ONNX_ARTIFACT, digits)
+    return registry.publish({**artifacts, ONNX_ARTIFACT: work / ONNX_ARTIFACT}, {"onnx": onnx}).path
 
 
 def _tests_pass(url: str, data: dict) -> bool:
@@ -108,9 +117,10 @@ def main() -> None:
         sys.exit(f"{args.model_dir} is not a registry version: run `make run` first, or pass --model-dir")
     data = DataStore(root=str(args.data)).load_arrays("mnist")
     with tempfile.TemporaryDirectory(prefix="bench-safe-registry-") as tmp:
-        registry = FileModelRepository(Path(tmp) / "registry")
-        good = registry.publish({n: args.model_dir / n for n in ("classifier", "concept_model")}, {}).path
-        bad = registry.publish(_untrained(Path(tmp)), {"note": "made to fail"}).path
+        registry, digits = FileModelRepository(Path(tmp) / "registry"), to_unit_float(data["x_test"])
+        trained = {n: args.model_dir / n for n in ("classifier", "concept_model")}
+        good = _publish(registry, trained, Path(tmp) / "good", digits)
+        bad = _publish(registry, _untrained(Path(tmp) / "bad"), Path(tmp) / "bad", digits)
         safe = deliver(good, bad, data, test_first=True)
         old = deliver(good, bad, data, test_first=False)
     measured = {
