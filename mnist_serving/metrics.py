@@ -1,4 +1,4 @@
-"""Prometheus metrics, exported on the server's /metrics next to KServe's own.
+"""Prometheus metrics, exported on the server's /metrics.
 
 The alert rules and the dashboard (deploy/prometheus/rules.yml, deploy/grafana/) read these
 names and labels: rename one and those break (tests/test_prometheus_rules.py and
@@ -45,7 +45,12 @@ CLASS_COUNT = [PREDICTED_CLASS.labels(str(digit)) for digit in range(NUM_CLASSES
 
 
 def count_classes(class_ids: np.ndarray) -> None:
-    """Add one prediction's class ids (integers in 0..9) to mnist_predicted_class_total."""
+    """Add one prediction's class ids (integers in 0..9) to mnist_predicted_class_total: one
+    increment per image for a few images (most requests hold one), per class for a batch."""
+    if len(class_ids) <= NUM_CLASSES:
+        for digit in class_ids.tolist():
+            CLASS_COUNT[digit].inc()
+        return
     counts = np.bincount(class_ids, minlength=NUM_CLASSES)
     for digit in np.flatnonzero(counts).tolist():
         CLASS_COUNT[digit].inc(int(counts[digit]))

@@ -14,8 +14,8 @@ and encoded by ``v2_infer``, which calls ``infer`` too."""
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,7 @@ class MnistPredictor:
         if not count:
             return {"class_ids": class_ids, "probabilities": probabilities, "concept_score": concept, "is_ood": is_ood}
         metrics.IMAGES.inc(len(images))
-        metrics.OOD_FLAGS.inc(int(is_ood.sum()))
+        metrics.OOD_FLAGS.inc(int(np.count_nonzero(is_ood)))
         metrics.count_classes(class_ids)
         return {"class_ids": class_ids, "probabilities": probabilities, "concept_score": concept, "is_ood": is_ood}
 
@@ -112,7 +112,7 @@ class MnistPredictor:
         try:
             batch = to_model_input(images(), self.max_batch)
             result = self.score(batch)
-            request_id = request_id or headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+            request_id = request_id or headers.get(REQUEST_ID_HEADER) or os.urandom(16).hex()
             if self.request_log is not None and headers.get(TRAFFIC_HEADER) != TEST_TRAFFIC:
                 self.request_log.record(
                     request_id,

@@ -29,6 +29,7 @@ Responses are not compressed.
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +43,16 @@ from mnist_serving.predictor import MnistPredictor, Refused
 from mnist_serving.validation import InvalidImages
 
 HEADER = "inference-header-content-length"
-DTYPES = {"UINT8": np.uint8, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "FP64": np.float64}
+DTYPES = {  # datatype -> numpy dtype, little-endian as the binary extension sends it
+    "UINT8": np.dtype("<u1"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+INT_RANGES = {
+    name: (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)) for name, dtype in DTYPES.items() if dtype.kind in "iu"
+}
 OUTPUT_DTYPES = {"INT64": np.dtype("<i8"), "FP32": np.dtype("<f4"), "BOOL": np.dtype("?")}
 ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # Content-Encoding -> zlib wbits
 
@@ -105,7 +115,7 @@ def _input(tensor: Any, binary: bytes) -> np.ndarray:
         raise InvalidImages(f"datatype must be one of {', '.join(DTYPES)}, got {datatype!r}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise InvalidImages(f"shape must be a list of non-negative integers, got {shape!r}")
-    dtype, elements = np.dtype(DTYPES[datatype]).newbyteorder("<"), int(np.prod(shape, dtype=np.int64))
+    dtype, elements = DTYPES[datatype], math.prod(shape)
     parameters = tensor.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidImages(f"input parameters must be a JSON object, got {parameters!r}")
@@ -124,6 +134,9 @@ def _input(tensor: Any, binary: bytes) -> np.ndarray:
 
 
 def _json_data(data: Any, datatype: str, dtype: np.dtype, shape: list[int], elements: int) -> np.ndarray:
+    """The JSON ``data`` as an array of ``dtype`` in ``shape``: one conversion from the parsed
+    lists, then the protocol's checks (numbers, the element count, integers within the datatype's
+    range). The pixel checks are ``validation.to_model_input``'s, once, on the array returned."""
     try:
         array = np.asarray(data)
     except (ValueError, TypeError):
@@ -132,12 +145,12 @@ def _json_data(data: Any, datatype: str, dtype: np.dtype, shape: list[int], elem
         raise InvalidImages(f"data must be numbers of the datatype {datatype}")
     if array.size != elements:
         raise InvalidImages(f"shape {shape} holds {elements} elements but data has {array.size}")
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
+    if datatype in INT_RANGES:
+        low, high = INT_RANGES[datatype]
         if array.dtype.kind == "f":
             raise InvalidImages(f"{datatype} data must be integers")
-        if array.size and (array.min() < info.min or array.max() > info.max):
-            raise InvalidImages(f"{datatype} data must be in {info.min}..{info.max}")
+        if array.size and (np.minimum.reduce(array, axis=None) < low or np.maximum.reduce(array, axis=None) > high):
+            raise InvalidImages(f"{datatype} data must be in {low}..{high}")
     return array.astype(dtype, copy=False).reshape(shape)
 
 

@@ -20,10 +20,11 @@ def to_model_input(data: object, max_batch: int) -> np.ndarray:
         array = np.asarray(data)
     except (ValueError, TypeError) as exc:
         raise InvalidImages(f"images must be a rectangular array of numbers ({exc})") from None
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise InvalidImages("images must be a rectangular array of numbers")
-    if array.dtype == bool:
+    kind = array.dtype.kind
+    if kind == "b":
         raise InvalidImages("images must be numbers, not booleans")
+    if kind not in "iuf":
+        raise InvalidImages("images must be a rectangular array of numbers")
     if array.ndim == 2 and array.shape[1] == 784:
         array = array.reshape(-1, 28, 28)
     if array.ndim != 3 or array.shape[1:] != (28, 28):
@@ -31,13 +32,13 @@ def to_model_input(data: object, max_batch: int) -> np.ndarray:
     n = array.shape[0]
     if not 1 <= n <= max_batch:
         raise InvalidImages(f"batch size must be between 1 and {max_batch}, got {n}")
-    if np.issubdtype(array.dtype, np.integer):
-        if array.dtype != np.uint8 and (array.min() < 0 or array.max() > 255):
+    if kind in "iu":
+        if array.dtype != np.uint8 and (np.minimum.reduce(array, None) < 0 or np.maximum.reduce(array, None) > 255):
             raise InvalidImages("integer pixels must be in 0..255")
         return to_unit_float(array)
     pixels = array.astype(np.float32)
     if not np.isfinite(pixels).all():
         raise InvalidImages("images contain NaN or infinite values")
-    if pixels.min() < 0.0 or pixels.max() > 1.0:
+    if np.minimum.reduce(pixels, None) < 0.0 or np.maximum.reduce(pixels, None) > 1.0:
         raise InvalidImages("float pixels must be in [0, 1] (send uint8 for 0..255)")
     return pixels
