@@ -175,23 +175,31 @@ class RequestLog:
     def _drain(self) -> None:
         """Write what is queued, in bounded chunks of one ``write()`` each."""
         while True:
-            lines: list[bytes] = []
+            requests: list[_Request] = []
+            images = 0
             with contextlib.suppress(queue.Empty):
-                while len(lines) < MAX_LINES_PER_WRITE:
-                    lines += self._lines(self._queue.get_nowait())
-            if not lines:
+                while images < MAX_LINES_PER_WRITE:
+                    requests.append(self._queue.get_nowait())
+                    images += len(requests[-1].class_ids)
+            if not requests:
                 return
+            lines = self._lines(requests)
+            if not lines:
+                continue
             try:
                 self._append(b"".join(lines))
             except OSError:
                 log.exception("could not write %d prediction lines to %s; they are lost", len(lines), self.directory)
 
-    def _lines(self, request: _Request) -> list[bytes]:
-        """One JSON line per image. Bad arrays cost their own request only, never the writer thread."""
+    def _lines(self, requests: list[_Request]) -> list[bytes]:
+        """One JSON line per image, encoded for all the requests at once. Bad arrays cost their
+        own request only, never the others or the writer thread."""
         try:
-            return _encode(request, self._rng, self.sample_rate)
+            return _encode(requests, self._rng, self.sample_rate)
         except Exception:
-            log.exception("could not encode request %r for the request log; it is skipped", request.request_id)
+            if len(requests) > 1:  # find the bad one: encode each request on its own
+                return [line for request in requests for line in self._lines([request])]
+            log.exception("could not encode request %r for the request log; it is skipped", requests[0].request_id)
             return []
 
     def _append(self, data: bytes) -> None:
@@ -312,21 +320,35 @@ def _first_labels(lines: Iterable[bytes], labels: dict[tuple[str, int], int]) ->
             continue
 
 
-def _encode(request: _Request, rng: np.random.Generator, sample_rate: float) -> list[bytes]:
-    """The request's lines; the input is kept when flagged OOD, else with ``sample_rate``.
+def _encode(requests: list[_Request], rng: np.random.Generator, sample_rate: float) -> list[bytes]:
+    """The requests' lines, in order; an input is kept when flagged OOD, else with ``sample_rate``.
 
-    The writer's CPU time is taken from the event loop (the GIL), so the per-image values are
-    serialized a column at a time and spliced into a per-request template: twice as fast as
-    one dict per line. Only orjson output goes in, so every line is valid JSON."""
-    is_ood = np.asarray(request.is_ood, dtype=bool)
-    images = _kept_images(request.images, np.flatnonzero(is_ood | (rng.random(len(is_ood)) < sample_rate)))
-    head = b'{"ts":%s,"id":%s,"i":' % (orjson.dumps(request.ts), orjson.dumps(request.request_id))
-    version = orjson.dumps(request.version)
-    columns = (request.class_ids, request.probabilities.max(axis=1), request.concept_scores, is_ood)
-    rows = zip(*map(_json_items, columns), strict=True)
+    The writer's CPU time is taken from the event loop (the GIL: while the writer holds it, a
+    request whose model call has just released it waits up to the interpreter's switch interval,
+    5 ms, to go on), so the work is done once per write for all the requests queued, not once per
+    request: each column of per-image values (over all of them) is serialized in one call and
+    spliced into a per-request template. Only orjson output goes in, so every line is valid JSON."""
+    counts = [len(request.class_ids) for request in requests]
+    is_ood = np.concatenate([np.asarray(request.is_ood, dtype=bool).reshape(-1) for request in requests])
+    keep = np.flatnonzero(is_ood | (rng.random(len(is_ood)) < sample_rate))
+    columns = (
+        np.concatenate([request.class_ids for request in requests]),
+        np.concatenate([request.probabilities for request in requests]).max(axis=1),
+        np.concatenate([request.concept_scores for request in requests]),
+        is_ood,
+    )
+    if not len(columns[0]) == len(columns[1]) == len(columns[2]) == len(is_ood):
+        raise ValueError(f"the columns of {len(requests)} requests have different lengths")
+    heads = [
+        b'{"ts":%s,"id":%s,"i":' % (orjson.dumps(request.ts), orjson.dumps(request.request_id)) for request in requests
+    ]
+    versions = [orjson.dumps(request.version) for request in requests]
+    kept = _kept_images(requests, np.cumsum(counts), keep)
+    per_image = ((head, i, version) for head, version, n in zip(heads, versions, counts, strict=True) for i in range(n))
+    rows = zip(per_image, *map(_json_items, columns), strict=True)
     return [
-        b'%s%d,"v":%s,"cls":%s,"conf":%s,"score":%s,"ood":%s%s}\n' % (head, i, version, *row, images.get(i, b""))
-        for i, row in enumerate(rows)
+        b'%s%d,"v":%s,"cls":%s,"conf":%s,"score":%s,"ood":%s%s}\n' % (head, i, version, *row, kept.get(line, b""))
+        for line, ((head, i, version), *row) in enumerate(rows)
     ]
 
 
@@ -337,16 +359,17 @@ def _json_items(column: np.ndarray) -> list[bytes]:
     return orjson.dumps(np.ravel(column), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
 
 
-def _kept_images(images: np.ndarray, keep: np.ndarray) -> dict[int, bytes]:
-    """index -> the ``"x"`` member for the kept images: uint8 pixels as sent, floats in [0, 1]
-    scaled back to 0..255, base64-encoded."""
-    if not len(keep):  # the common case; converting even an empty array costs ~10 us
-        return {}
-    pixels = images[keep]
-    if pixels.dtype != np.uint8:
-        pixels = np.rint(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
-    rows = zip(keep.tolist(), pixels.reshape(-1, PIXELS), strict=True)
-    return {i: b',"x":"%s"' % binascii.b2a_base64(row, newline=False) for i, row in rows}
+def _kept_images(requests: list[_Request], ends: np.ndarray, keep: np.ndarray) -> dict[int, bytes]:
+    """line -> the ``"x"`` member for the kept inputs (``keep``: line numbers over all the requests,
+    whose lines end at ``ends``): uint8 pixels as sent, floats in [0, 1] scaled back to 0..255,
+    base64-encoded."""
+    kept = {}
+    for line, which in zip(keep.tolist(), np.searchsorted(ends, keep, side="right").tolist(), strict=True):
+        pixels = requests[which].images[line - (ends[which - 1] if which else 0)]
+        if pixels.dtype != np.uint8:
+            pixels = np.rint(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+        kept[line] = b',"x":"%s"' % binascii.b2a_base64(pixels.reshape(PIXELS), newline=False)
+    return kept
 
 
 def _decode(line: bytes) -> LoggedPrediction:

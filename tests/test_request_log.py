@@ -214,6 +214,34 @@ def test_close_is_idempotent_and_later_records_count_as_dropped(tmp_path):
     assert log.dropped == 1 and read_predictions(tmp_path) == ([], 0)
 
 
+def test_requests_written_together_read_back_alike_and_a_bad_one_costs_only_itself(tmp_path):
+    """The writer encodes what is queued in one go; one request whose arrays cannot be encoded
+    (probabilities without a class axis, which record's length check lets through) is skipped
+    alone, and the others, in their order, read back as if written one by one."""
+    log = RequestLog(tmp_path, sample_rate=1.0, flush_interval_s=60)  # nothing written until close()
+    good = {f"req-{k}": request(n, ood=(0,), seed=k, uint8=bool(k % 2)) for k, n in enumerate((1, 3, 2))}
+    bad = request(2)
+    bad["probabilities"] = bad["probabilities"][:, 0]
+    log.record("req-0", "1", **good["req-0"])
+    log.record("bad", "1", **bad)
+    log.record("req-1", "1", **good["req-1"])
+    log.record("req-2", "1", **good["req-2"])
+    log.close()
+
+    predictions, malformed = read_predictions(tmp_path)
+    assert malformed == 0
+    assert [(p.request_id, p.index) for p in predictions] == [
+        (r, i) for r, a in good.items() for i in range(len(a["is_ood"]))
+    ]
+    for p in predictions:
+        arrays = good[p.request_id]
+        assert p.predicted == arrays["class_ids"][p.index] and p.is_ood == (p.index == 0)
+        assert p.confidence == pytest.approx(float(arrays["probabilities"][p.index].max()))
+        expected = arrays["images"][p.index]
+        expected = expected if expected.dtype == np.uint8 else np.rint(expected * 255).astype(np.uint8)
+        np.testing.assert_array_equal(p.image, expected)
+
+
 def test_record_rejects_arrays_of_different_lengths(tmp_path):
     log = RequestLog(tmp_path)
     arrays = request(2)
