@@ -1,7 +1,9 @@
 """A record of every prediction the endpoint serves, and the ground-truth labels sent back for them.
 
-Serving must not wait for the disk: ``RequestLog.record`` only puts the request's arrays on a
-bounded queue, and a background thread turns them into JSON lines and appends them to files.
+Serving must not wait for the disk: ``RequestLog.record`` only picks the inputs to keep (flagged
+ones and a sample) and puts the request's arrays on a bounded queue, and a background thread turns
+them into JSON lines and appends them to files. Only the kept inputs are queued, as uint8 pixels:
+what waits for the writer is small whatever the batch size.
 Each process writes its own files (``requests-<UTC time>-<pid>-<seq>.jsonl``), so the two servers
 that overlap during a redeploy never share one. A crash can lose what was still queued and leave
 a half-written last line, which the readers skip; lines written before it stay intact, because
@@ -13,6 +15,7 @@ from __future__ import annotations
 import binascii
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import queue
@@ -33,6 +36,7 @@ PREFIX = "requests-"
 SUFFIX = ".jsonl"
 IMAGE_SHAPE = (28, 28)
 PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+_NO_PIXELS = np.zeros((0, PIXELS), np.uint8)
 MAX_LINES_PER_WRITE = 20_000  # bounds the writer's memory when it catches up on a backlog
 
 log = logging.getLogger(__name__)
@@ -55,7 +59,8 @@ class _Request(NamedTuple):
     ts: float
     request_id: str
     version: str
-    images: np.ndarray
+    kept: np.ndarray  # indexes of the images whose input is logged
+    pixels: np.ndarray  # uint8 [len(kept), PIXELS]: those inputs
     class_ids: np.ndarray
     probabilities: np.ndarray
     concept_scores: np.ndarray
@@ -65,8 +70,8 @@ class _Request(NamedTuple):
 class RequestLog:
     """Append-only JSON-lines log of predictions, written by a background thread.
 
-    Call ``close()`` when serving stops: it writes what is still queued. The arrays passed to
-    ``record`` are kept as they are until written, so the caller must not modify them after.
+    Call ``close()`` when serving stops: it writes what is still queued. The result arrays passed
+    to ``record`` are kept as they are until written, so the caller must not modify them after.
     """
 
     def __init__(
@@ -115,7 +120,8 @@ class RequestLog:
         is_ood: np.ndarray,
     ) -> None:
         """Queue one served request for writing; never blocks. ``images`` are the model input:
-        [N, 28, 28] (or [N, 784]) uint8 pixels or floats in [0, 1]."""
+        [N, 28, 28] (or [N, 784]) uint8 pixels or floats in [0, 1]; the inputs flagged OOD, and
+        others with the sample rate, are copied as uint8 pixels, the rest is not kept."""
         n = len(images)
         if not len(class_ids) == len(probabilities) == len(concept_scores) == len(is_ood) == n:
             raise ValueError(
@@ -123,7 +129,11 @@ class RequestLog:
                 f"probability rows, {len(concept_scores)} concept scores and {len(is_ood)} OOD flags"
             )
         self._remember(request_id, n)
-        item = _Request(time.time(), request_id, version, images, class_ids, probabilities, concept_scores, is_ood)
+        kept = np.flatnonzero(np.asarray(is_ood, dtype=bool).reshape(-1) | (self._rng.random(n) < self.sample_rate))
+        pixels = _uint8_pixels(images[kept]) if len(kept) else _NO_PIXELS
+        item = _Request(
+            time.time(), request_id, version, kept, pixels, class_ids, probabilities, concept_scores, is_ood
+        )
         if self._closing.is_set() or not _offer(self._queue, item):  # after close() nobody would write it
             with self._lock:
                 self._dropped += 1
@@ -195,7 +205,7 @@ class RequestLog:
         """One JSON line per image, encoded for all the requests at once. Bad arrays cost their
         own request only, never the others or the writer thread."""
         try:
-            return _encode(requests, self._rng, self.sample_rate)
+            return _encode(requests)
         except Exception:
             if len(requests) > 1:  # find the bad one: encode each request on its own
                 return [line for request in requests for line in self._lines([request])]
@@ -320,8 +330,8 @@ def _first_labels(lines: Iterable[bytes], labels: dict[tuple[str, int], int]) ->
             continue
 
 
-def _encode(requests: list[_Request], rng: np.random.Generator, sample_rate: float) -> list[bytes]:
-    """The requests' lines, in order; an input is kept when flagged OOD, else with ``sample_rate``.
+def _encode(requests: list[_Request]) -> list[bytes]:
+    """The requests' lines, in order, with the ``"x"`` member for their kept inputs.
 
     The writer's CPU time is taken from the event loop (the GIL: while the writer holds it, a
     request whose model call has just released it waits up to the interpreter's switch interval,
@@ -329,21 +339,23 @@ def _encode(requests: list[_Request], rng: np.random.Generator, sample_rate: flo
     request: each column of per-image values (over all of them) is serialized in one call and
     spliced into a per-request template. Only orjson output goes in, so every line is valid JSON."""
     counts = [len(request.class_ids) for request in requests]
-    is_ood = np.concatenate([np.asarray(request.is_ood, dtype=bool).reshape(-1) for request in requests])
-    keep = np.flatnonzero(is_ood | (rng.random(len(is_ood)) < sample_rate))
     columns = (
         np.concatenate([request.class_ids for request in requests]),
         np.concatenate([request.probabilities for request in requests]).max(axis=1),
         np.concatenate([request.concept_scores for request in requests]),
-        is_ood,
+        np.concatenate([np.asarray(request.is_ood, dtype=bool).reshape(-1) for request in requests]),
     )
-    if not len(columns[0]) == len(columns[1]) == len(columns[2]) == len(is_ood):
+    if not len(columns[0]) == len(columns[1]) == len(columns[2]) == len(columns[3]):
         raise ValueError(f"the columns of {len(requests)} requests have different lengths")
     heads = [
         b'{"ts":%s,"id":%s,"i":' % (orjson.dumps(request.ts), orjson.dumps(request.request_id)) for request in requests
     ]
     versions = [orjson.dumps(request.version) for request in requests]
-    kept = _kept_images(requests, np.cumsum(counts), keep)
+    kept = {
+        start + i: b',"x":"%s"' % binascii.b2a_base64(row, newline=False)
+        for start, request in zip(itertools.accumulate(counts[:-1], initial=0), requests, strict=True)
+        for i, row in zip(request.kept.tolist(), request.pixels, strict=True)
+    }
     per_image = ((head, i, version) for head, version, n in zip(heads, versions, counts, strict=True) for i in range(n))
     rows = zip(per_image, *map(_json_items, columns), strict=True)
     return [
@@ -359,17 +371,11 @@ def _json_items(column: np.ndarray) -> list[bytes]:
     return orjson.dumps(np.ravel(column), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
 
 
-def _kept_images(requests: list[_Request], ends: np.ndarray, keep: np.ndarray) -> dict[int, bytes]:
-    """line -> the ``"x"`` member for the kept inputs (``keep``: line numbers over all the requests,
-    whose lines end at ``ends``): uint8 pixels as sent, floats in [0, 1] scaled back to 0..255,
-    base64-encoded."""
-    kept = {}
-    for line, which in zip(keep.tolist(), np.searchsorted(ends, keep, side="right").tolist(), strict=True):
-        pixels = requests[which].images[line - (ends[which - 1] if which else 0)]
-        if pixels.dtype != np.uint8:
-            pixels = np.rint(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
-        kept[line] = b',"x":"%s"' % binascii.b2a_base64(pixels.reshape(PIXELS), newline=False)
-    return kept
+def _uint8_pixels(images: np.ndarray) -> np.ndarray:
+    """Inputs as uint8 [N, PIXELS]: uint8 pixels as sent, floats in [0, 1] scaled back to 0..255."""
+    if images.dtype != np.uint8:
+        images = np.rint(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return images.reshape(len(images), PIXELS)
 
 
 def _decode(line: bytes) -> LoggedPrediction:
