@@ -1,3 +1,5 @@
-"""The inference endpoint: a KServe model server for one registry version of both models.
+"""The inference endpoint: our model server (uvicorn, plain ASGI, ONNX Runtime) for one registry
+version of both models.
 
-Runs without Dagster (the same image serves as a Kubernetes serving pod)."""
+Runs without Dagster, TensorFlow or KServe (tests/test_layering.py, tests/test_dockerfile.py), so
+the serving image holds the server alone."""
