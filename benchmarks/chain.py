@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from quick_config import quick_environment  # noqa: E402
 
 MODEL_TARGETS = {
-    "classifier_test_accuracy": (0.98, "min"),
+    "classifier_test_accuracy": (0.985, "min"),
     "concept_roc_auc": (0.995, "min"),
     "concept_detection_rate": (0.95, "min"),
     "concept_false_positive_rate": (0.02, "max"),
@@ -41,6 +41,7 @@ TARGETS = {
     "mnist_training": {"wall_seconds": (90.0, "max"), "peak_pss_gb": (3.0, "max"), **MODEL_TARGETS},
     "mnist_pipeline": {
         "wall_seconds": (150.0, "max"),
+        "orchestration_overhead_seconds": (8.0, "max"),
         "deployment_test_seconds": (10.0, "max"),
         "publish_onnx_export_and_parity_seconds": (5.0, "max"),
         **MODEL_TARGETS,
@@ -109,6 +110,27 @@ def run_facts(home: Path) -> tuple[str, dict[str, float], dict[str, float]]:
     return run.run_id, steps, facts
 
 
+def orchestration_overhead(job: str, wall: float, steps: dict[str, float]) -> tuple[float, list[str]]:
+    """Wall time not spent inside a step on the critical path (the chain of steps, following the
+    job's dependencies, whose own times add up the most): launching step processes, importing
+    the code location, writing events, starting and ending the run. With the critical path."""
+    from dagster._core.execution.api import create_execution_plan
+
+    from mnist_assets.definitions import defs
+
+    deps = create_execution_plan(defs.resolve_job_def(job)).get_executable_step_deps()
+    longest: dict[str, tuple[float, list[str]]] = {}
+
+    def path_to(step: str) -> tuple[float, list[str]]:
+        if step not in longest:
+            before = max((path_to(up) for up in deps[step]), default=(0.0, []), key=lambda found: found[0])
+            longest[step] = (before[0] + steps.get(step, 0.0), [*before[1], step])
+        return longest[step]
+
+    compute, path = max((path_to(step) for step in deps), key=lambda found: found[0])
+    return round(wall - compute, 1), path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", choices=sorted(TARGETS), default="mnist_pipeline")
@@ -125,7 +147,9 @@ def main() -> None:
             json.loads((work / "data" / f"{run_model_dir(run_id, model)}.metrics.json").read_text())
             for model in ("classifier", "concept_model")
         )
-    measured = {"wall_seconds": round(wall, 1), "peak_pss_gb": round(peak[0] / 1e9, 2), **facts}
+    overhead, critical_path = orchestration_overhead(args.job, wall, steps)
+    measured = {"wall_seconds": round(wall, 1), "orchestration_overhead_seconds": overhead}
+    measured |= {"peak_pss_gb": round(peak[0] / 1e9, 2), **facts}
     measured |= {
         "classifier_test_accuracy": round(clf["test_accuracy"], 4),
         "concept_roc_auc": round(concept["notmnist"]["roc_auc"], 5),
@@ -135,9 +159,15 @@ def main() -> None:
     ok = publish(
         args.job,
         table(measured, TARGETS[args.job]),
-        {"steps": steps, "peak_rss_sum_gb": round(peak[1] / 1e9, 2), "noisy_mnist": concept["noisy_mnist"]},
+        {
+            "steps": steps,
+            "critical_path": critical_path,
+            "peak_rss_sum_gb": round(peak[1] / 1e9, 2),
+            "noisy_mnist": concept["noisy_mnist"],
+        },
     )
     print(f"(RSS summed over processes, shared pages counted per process: {peak[1] / 1e9:.2f} GB)")
+    print(f"critical path: {' -> '.join(critical_path)}")
     print("\nstep seconds and share of wall time (two steps run at once where the graph allows):")
     for step, seconds in sorted(steps.items(), key=lambda kv: -kv[1]):
         print(f"  {step:45} {seconds:>6}  {seconds / wall:>5.0%}")
