@@ -24,40 +24,29 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
-from mnist_ml.model_contract import CLASSIFIER, CONCEPT_MODEL, INPUT_NAME, SIGNATURE
+from mnist_ml.model_contract import CLASSIFIER, CONCEPT_MODEL, INPUT_NAME
+
+if TYPE_CHECKING:
+    from mnist_ml.savedmodel import LoadedModel
 
 ONNX_ARTIFACT = "onnx"  # the version's sub-folder
 ONNX_FILE = "mnist.onnx"
 OPSET = 17
 IR_VERSION = 9
 TOLERANCE = 1e-5
+PARITY_BATCH = 1000  # images per ONNX Runtime call in the parity check (a CNN's activations add up)
 GRAPH_OUTPUTS = ("class_ids", "probabilities", "concept_score")
 
 
 class ParityError(ValueError):
     """The ONNX graph does not reproduce the SavedModels: the version must not be published."""
-
-
-class _SavedModel:
-    """A SavedModel's variables (numpy, in layer order) and its serving signature on numpy images."""
-
-    def __init__(self, path: Path) -> None:
-        import tensorflow as tf  # only here: the serving side imports this module without TensorFlow
-
-        self._tf, loaded = tf, tf.saved_model.load(str(path))
-        self.weights = [variable.numpy() for variable in loaded.variables]
-        self._signature = loaded.signatures[SIGNATURE]
-
-    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = self._signature(**{INPUT_NAME: self._tf.constant(images)})
-        return {name: tensor.numpy() for name, tensor in outputs.items()}
 
 
 class _Graph:
@@ -125,11 +114,13 @@ def build_graph(classifier: list[np.ndarray], autoencoder: list[np.ndarray]) -> 
     return model
 
 
-def parity(classifier: _SavedModel, concept: _SavedModel, onnx_path: Path, images: np.ndarray) -> dict[str, Any]:
+def parity(classifier: LoadedModel, concept: LoadedModel, onnx_path: Path, images: np.ndarray) -> dict[str, Any]:
     """How far the ONNX graph's outputs are from the SavedModels' on float32 [N, 28, 28] images."""
     reference = {**classifier(images), **concept(images)}
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    served = dict(zip(GRAPH_OUTPUTS, session.run(list(GRAPH_OUTPUTS), {INPUT_NAME: images}), strict=True))
+    chunks = np.array_split(images, max(1, -(-len(images) // PARITY_BATCH)))
+    runs = [session.run(list(GRAPH_OUTPUTS), {INPUT_NAME: chunk}) for chunk in chunks]
+    served = {name: np.concatenate([run[i] for run in runs]) for i, name in enumerate(GRAPH_OUTPUTS)}
     return {
         "images": len(images),
         "class_id_mismatches": int((served["class_ids"] != reference["class_ids"]).sum()),
@@ -144,7 +135,9 @@ def export_checked(savedmodels: Mapping[str, Path], folder: Path, images: np.nda
     (float32 [N, 28, 28] in [0, 1]); the manifest entry, or ParityError."""
     start = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
-    classifier, concept = _SavedModel(savedmodels[CLASSIFIER]), _SavedModel(savedmodels[CONCEPT_MODEL])
+    from mnist_ml.savedmodel import LoadedModel  # TensorFlow: only when exporting
+
+    classifier, concept = LoadedModel(savedmodels[CLASSIFIER]), LoadedModel(savedmodels[CONCEPT_MODEL])
     onnx.save(build_graph(classifier.weights, concept.weights), str(folder / ONNX_FILE))
     figures = parity(classifier, concept, folder / ONNX_FILE, images)
     failed = (

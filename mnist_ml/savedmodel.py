@@ -54,12 +54,20 @@ def write_concept_calibration(path: Path, calibration: dict[str, Any]) -> None:
 
 
 class LoadedModel:
-    """A SavedModel's serving signature, called with numpy images, returning numpy outputs."""
+    """A SavedModel's serving signature, called with numpy images, returning numpy outputs;
+    ``weights`` are its variables as numpy arrays, in layer order."""
+
+    BATCH = 1000  # images per call: a CNN's activations for 10,000 digits at once take gigabytes
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._fn = tf.saved_model.load(str(path)).signatures[SIGNATURE]
+        loaded = tf.saved_model.load(str(path))
+        self.weights = [variable.numpy() for variable in loaded.variables]
+        self._fn = loaded.signatures[SIGNATURE]
 
     def __call__(self, imgs: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = self._fn(**{INPUT_NAME: tf.constant(imgs, dtype=tf.float32)})
-        return {name: tensor.numpy() for name, tensor in outputs.items()}
+        parts = [
+            {name: tensor.numpy() for name, tensor in self._fn(**{INPUT_NAME: tf.constant(chunk, tf.float32)}).items()}
+            for chunk in np.array_split(imgs, max(1, -(-len(imgs) // self.BATCH)))
+        ]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}

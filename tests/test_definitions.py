@@ -68,7 +68,7 @@ def test_run_config_file_lists_every_parameter_and_validates():
     config = yaml.safe_load(RUN_CONFIG.read_text())
     assert _keys(config) == _fields(PipelineConfig)
     resolved = validate_run_config(defs.resolve_job_def("mnist_training"), config)
-    assert resolved["ops"]["mnist_classifier"]["config"]["hidden_units"] == [256, 64]
+    assert resolved["ops"]["mnist_classifier"]["config"]["architecture"] == "cnn"
     pipeline = validate_run_config(defs.resolve_job_def("mnist_pipeline"), config)
     assert pipeline["ops"]["deliver_candidate"]["config"]["min_accuracy"] == 0.97
 
@@ -100,7 +100,7 @@ def test_every_asset_has_a_group_an_owner_and_a_description_and_materialize_all_
         assert len(node.description or "") > 40, key
     # "Materialize all" in the UI runs the implicit asset job with every default.
     everything = defs.resolve_implicit_global_asset_job_def()
-    assert validate_run_config(everything, {})["ops"]["mnist_classifier"]["config"]["hidden_units"] == [256, 64]
+    assert validate_run_config(everything, {})["ops"]["mnist_classifier"]["config"]["hidden_units"] == [64]
     assert {s.name for s in defs.sensors} == {
         "drift_sensor",
         "new_data_sensor",

@@ -94,7 +94,7 @@ def _record(
     check_specs=[CLASSIFIER_ACCURACY],
     kinds={"tensorflow"},
     op_tags=TRAINING_POD,
-    description="Digit classifier (dense 256-64 by default) exported as a SavedModel with the "
+    description="Digit classifier (a small CNN by default) exported as a SavedModel with the "
     "signature imgs -> class_ids, probabilities; evaluated on the MNIST test set.",
 )
 def mnist_classifier(context: AssetExecutionContext, config: ClassifierConfig, data_store: DataStore):
