@@ -81,7 +81,7 @@ class RequestLog:
         max_file_bytes: int = 64 * 2**20,
         max_files: int = 20,
         sample_rate: float = 0.05,
-        flush_interval_s: float = 0.5,
+        flush_interval_s: float = 0.05,  # short: the writer's GIL time per write stays under a ms (_encode)
         queue_size: int = 100_000,
         known_ids: int = 100_000,
         seed: int | None = None,
@@ -337,7 +337,10 @@ def _encode(requests: list[_Request]) -> list[bytes]:
     request whose model call has just released it waits up to the interpreter's switch interval,
     5 ms, to go on), so the work is done once per write for all the requests queued, not once per
     request: each column of per-image values (over all of them) is serialized in one call and
-    spliced into a per-request template. Only orjson output goes in, so every line is valid JSON."""
+    spliced into a per-request template; and it writes often (``flush_interval_s``, 50 ms), so one
+    write's work stays short: a 0.5 s interval doubled the single-image p99 at 8 connections (about
+    15 ms against 8.5 ms, measured side by side). Only orjson output goes in, so every line is valid
+    JSON."""
     counts = [len(request.class_ids) for request in requests]
     columns = (
         np.concatenate([request.class_ids for request in requests]),
