@@ -8,6 +8,12 @@ Each process writes its own files (``requests-<UTC time>-<pid>-<seq>.jsonl``), s
 that overlap during a redeploy never share one. A crash can lose what was still queued and leave
 a half-written last line, which the readers skip; lines written before it stay intact, because
 a file is only ever appended to, one whole batch of lines per ``write()``.
+
+Reading is by column (``read_columns``): a window of a million predictions is one numpy array
+per field, not an object per line, and the kept inputs stay base64 text until someone asks for
+their pixels. Lines are parsed in chunks and checked a column at a time; a chunk with an
+unreadable line is parsed again line by line, so what counts as unreadable does not depend on
+which path read it (tests/test_request_log.py compares both with a plain line-by-line reader).
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ from __future__ import annotations
 import binascii
 import contextlib
 import fcntl
+import gc
 import itertools
 import logging
+import operator
 import os
 import queue
 import threading
@@ -289,24 +297,181 @@ class FeedbackLog:
         self._offset = size
 
 
+@dataclass(frozen=True)
+class PredictionColumns:
+    """Logged predictions as one array per field: row ``r`` of every array is one prediction,
+    oldest first. Inputs stay base64 text until ``images`` decodes the rows asked for."""
+
+    ts: np.ndarray  # float64, unix seconds
+    request_id: np.ndarray  # object (str)
+    index: np.ndarray  # int64: position of the image in its request
+    version: np.ndarray  # object (str): model version that served it
+    predicted: np.ndarray  # int64
+    confidence: np.ndarray  # float64: top class probability
+    concept_score: np.ndarray  # float64
+    is_ood: np.ndarray  # bool
+    kept: np.ndarray  # int64, ascending: the rows whose input was kept
+    encoded_inputs: np.ndarray  # object (str): base64 of those inputs, each known to decode to PIXELS bytes
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def images(self, rows: np.ndarray) -> np.ndarray:
+        """uint8 [len(rows), 28, 28]: the inputs of ``rows`` (each one of ``kept``; KeyError if not)."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        at = np.searchsorted(self.kept, rows)
+        if np.any(at >= len(self.kept)) or not np.array_equal(self.kept[at], rows):
+            raise KeyError(f"rows without a kept input among {rows.tolist()[:10]}")
+        pixels = b"".join(binascii.a2b_base64(text) for text in self.encoded_inputs[at])
+        return np.frombuffer(pixels, np.uint8).reshape(len(rows), *IMAGE_SHAPE)
+
+
+_KEYS = ("ts", "id", "i", "v", "cls", "conf", "score", "ood")
+_TYPES = (float, str, int, str, int, float, float, bool)  # the JSON types we write, checked exactly
+_DTYPES = (np.float64, object, np.int64, object, np.int64, np.float64, np.float64, bool)
+_ENCODED = 4 * -(-PIXELS // 3)  # base64 characters of one input: 1,046 digits and "=="
+_BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+_PARSE_ERRORS = (ValueError, TypeError, KeyError, OverflowError)
+_CHUNK_LINES = 32_768  # parsed at once: bounds the memory of their dicts, and the lines one bad line slows
+_GET_FIELDS = operator.itemgetter(*_KEYS)
+
+
+class _Part(NamedTuple):
+    """Some lines' predictions as columns (``_KEYS`` order), their kept rows and inputs."""
+
+    columns: list[np.ndarray]
+    kept: np.ndarray
+    encoded_inputs: np.ndarray
+
+
+def read_columns(
+    directory: Path, since: float | None = None, until: float | None = None
+) -> tuple[PredictionColumns, int]:
+    """Every logged prediction with ``since <= ts < until``, oldest first (a request's images in
+    order), as columns, and the number of lines that could not be read (a crash mid-write leaves
+    one): those are skipped, never fatal. A line is read when it is a JSON object with each field
+    of the JSON type we write (an integer outside int64 counts as unreadable) and an ``"x"``, if
+    any, that base64-decodes to one 28x28 input."""
+    parts = [_part([()] * len(_KEYS), [], [])]  # so that an empty directory concatenates
+    malformed = 0
+    with _collector_paused():
+        for path in _prediction_files(directory):
+            lines = list(_lines_of(path))
+            body = lines[:-1]  # only the last line can be cut short: parsed on its own
+            for chunk in [*(body[at : at + _CHUNK_LINES] for at in range(0, len(body), _CHUNK_LINES)), lines[-1:]]:
+                part, bad = _parse(chunk)
+                parts.append(part)
+                malformed += bad
+    offsets = np.cumsum([0] + [len(part.columns[0]) for part in parts])
+    columns = [np.concatenate([part.columns[k] for part in parts]) for k in range(len(_KEYS))]
+    kept = np.concatenate([part.kept + offset for part, offset in zip(parts, offsets[:-1], strict=True)])
+    encoded = np.concatenate([part.encoded_inputs for part in parts])
+    ts = columns[0]
+    inside = np.ones(len(ts), bool)
+    if since is not None:
+        inside &= ts >= since
+    if until is not None:
+        inside &= ts < until
+    rows = np.flatnonzero(inside)
+    order = rows[np.argsort(ts[rows], kind="stable")]  # stable: a request's images stay in order
+    position = np.full(len(ts), -1, np.int64)
+    position[order] = np.arange(len(order))
+    moved = position[kept]
+    still = np.flatnonzero(moved >= 0)
+    by_row = still[np.argsort(moved[still], kind="stable")]
+    return (
+        PredictionColumns(*(column[order] for column in columns), moved[by_row], encoded[by_row]),
+        malformed,
+    )
+
+
 def read_predictions(
     directory: Path, since: float | None = None, until: float | None = None
 ) -> tuple[list[LoggedPrediction], int]:
-    """Every logged prediction with ``since <= ts < until``, oldest first, and the number of lines
-    that could not be read (a crash mid-write leaves one): those are skipped, never fatal."""
-    predictions: list[LoggedPrediction] = []
-    malformed = 0
-    for path in _prediction_files(directory):
-        for line in _lines_of(path):
-            try:
-                prediction = _decode(line)
-            except (ValueError, TypeError, KeyError):
-                malformed += 1
-                continue
-            if (since is None or prediction.ts >= since) and (until is None or prediction.ts < until):
-                predictions.append(prediction)
-    predictions.sort(key=lambda p: p.ts)  # stable: a request's images stay in order
+    """``read_columns`` as one ``LoggedPrediction`` per prediction (slow for large logs: for tests
+    and small windows)."""
+    columns, malformed = read_columns(directory, since, until)
+    images = dict(zip(columns.kept.tolist(), columns.images(columns.kept), strict=True))
+    c = columns
+    fields = (c.ts, c.request_id, c.index, c.version, c.predicted, c.confidence, c.concept_score, c.is_ood)
+    predictions = [
+        LoggedPrediction(*values, image=images.get(row))
+        for row, values in enumerate(zip(*(column.tolist() for column in fields), strict=True))
+    ]
     return predictions, malformed
+
+
+def _parse(lines: list[bytes]) -> tuple[_Part, int]:
+    """The readable lines' predictions and the number of unreadable lines. All lines are checked
+    at once, column by column; only when one fails is each line parsed on its own."""
+    try:
+        return _parse_all(lines), 0
+    except _PARSE_ERRORS:
+        pass
+    rows: list[tuple[Any, ...]] = []
+    malformed = 0
+    for line in lines:
+        try:
+            rows.append(_checked(orjson.loads(line)))
+        except _PARSE_ERRORS:
+            malformed += 1
+    kept = [row for row, values in enumerate(rows) if values[-1] is not None]
+    columns = list(zip(*rows, strict=True))[: len(_KEYS)] if rows else [()] * len(_KEYS)
+    return _part(columns, kept, [rows[row][-1] for row in kept]), malformed
+
+
+def _parse_all(lines: list[bytes]) -> _Part:
+    """All the lines' predictions; raises one of ``_PARSE_ERRORS`` if any line is unreadable,
+    or has an ``"x"`` that is not exactly one canonical base64 input (left to ``_checked``)."""
+    records = list(map(orjson.loads, lines))
+    columns = list(zip(*map(_GET_FIELDS, records), strict=True)) if records else [()] * len(_KEYS)
+    for column, kind in zip(columns, _TYPES, strict=True):
+        if not set(map(type, column)) <= {kind}:
+            raise TypeError(f"a {kind.__name__} column holds another type")
+    more = np.flatnonzero(np.fromiter(map(len, records), np.int64, len(records)) > len(_KEYS)).tolist()
+    with_input = [(row, records[row]["x"]) for row in more if "x" in records[row]]  # the others have only _KEYS
+    encoded = [text for _, text in with_input]
+    if not set(map(type, encoded)) <= {str} or not set(map(len, encoded)) <= {_ENCODED}:
+        raise ValueError("an input that is not one base64 image")
+    text = "".join(encoded).encode("ascii")
+    padding = np.frombuffer(text, np.uint8).reshape(len(encoded), _ENCODED)[:, -2:]
+    if text.translate(None, _BASE64) or text.count(b"=") != padding.size or not np.all(padding == ord("=")):
+        raise ValueError("an input that is not canonical base64")
+    return _part(columns, [row for row, _ in with_input], encoded)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Parsing makes a dict per line, and no reference cycles: left on, the cyclic garbage
+    collector would walk the growing heap again and again (about a third of the read time).
+    It is process-wide, so other threads' garbage waits for the end too."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _checked(record: Any) -> tuple[Any, ...]:
+    """One line's fields in ``_KEYS`` order, then its base64 input or None; raises if unreadable."""
+    values = tuple(_field(record, key, kind) for key, kind in zip(_KEYS, _TYPES, strict=True))
+    encoded = None
+    if "x" in record:
+        encoded = _field(record, "x", str)
+        size = len(binascii.a2b_base64(encoded))
+        if size != PIXELS:
+            raise ValueError(f"an input of {size} bytes, not {PIXELS}")
+    for value, kind in zip(values, _TYPES, strict=True):
+        if kind is int and not -(2**63) <= value < 2**63:
+            raise OverflowError(f"{value} does not fit an int64")
+    return (*values, encoded)
+
+
+def _part(columns: Iterable[Iterable[Any]], kept: list[int], encoded: list[str]) -> _Part:
+    arrays = [np.array(column, dtype) for column, dtype in zip(columns, _DTYPES, strict=True)]
+    return _Part(arrays, np.array(kept, np.int64), np.array(encoded, object))
 
 
 def read_feedback(directory: Path) -> dict[tuple[str, int], int]:
@@ -379,24 +544,6 @@ def _uint8_pixels(images: np.ndarray) -> np.ndarray:
     if images.dtype != np.uint8:
         images = np.rint(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
     return images.reshape(len(images), PIXELS)
-
-
-def _decode(line: bytes) -> LoggedPrediction:
-    record = orjson.loads(line)
-    image = None
-    if "x" in record:
-        image = np.frombuffer(binascii.a2b_base64(_field(record, "x", str)), np.uint8).reshape(IMAGE_SHAPE)
-    return LoggedPrediction(
-        ts=_field(record, "ts", float),
-        request_id=_field(record, "id", str),
-        index=_field(record, "i", int),
-        version=_field(record, "v", str),
-        predicted=_field(record, "cls", int),
-        confidence=_field(record, "conf", float),
-        concept_score=_field(record, "score", float),
-        is_ood=_field(record, "ood", bool),
-        image=image,
-    )
 
 
 def _image_counts(path: Path) -> dict[str, int]:

@@ -5,6 +5,8 @@ to label one prediction. Not covered: the HTTP route in front of it (tests/test_
 
 from __future__ import annotations
 
+import base64
+import json
 import multiprocessing
 import os
 import threading
@@ -152,6 +154,96 @@ def test_since_and_until_select_a_half_open_time_window(tmp_path):
     assert ids(since=ts[1]) == ["req-1", "req-2"]
     assert ids(until=ts[1]) == ["req-0"]
     assert ids(since=ts[0], until=ts[2]) == ["req-0", "req-1"]
+
+
+JSON_TYPES = {"ts": float, "id": str, "i": int, "v": str, "cls": int, "conf": float, "score": float, "ood": bool}
+
+
+def reference_read(directory: Path, since: float | None, until: float | None) -> tuple[list[tuple], list, int]:
+    """The log read the plain way, one line at a time with the standard library: (each readable
+    prediction's fields in JSON_TYPES order, its image or None, the unreadable lines)."""
+    rows: list[tuple] = []
+    malformed = 0
+    for path in sorted(directory.glob("requests-*.jsonl"), key=lambda path: (path.stat().st_mtime_ns, path.name)):
+        for line in path.read_bytes().splitlines(keepends=True):
+            try:
+                record = json.loads(line)
+                fields = tuple(record[key] for key in JSON_TYPES)
+                if [type(value) for value in fields] != list(JSON_TYPES.values()):
+                    raise TypeError(fields)
+                image = None
+                if "x" in record:
+                    image = np.frombuffer(base64.b64decode(record["x"]), np.uint8).reshape(28, 28)
+            except (ValueError, TypeError, KeyError):
+                malformed += 1
+                continue
+            if (since is None or fields[0] >= since) and (until is None or fields[0] < until):
+                rows.append((fields, image))
+    rows.sort(key=lambda row: row[0][0])
+    return [fields for fields, _ in rows], [image for _, image in rows], malformed
+
+
+@pytest.mark.parametrize("chunk_lines", [1, 7, 10_000])
+def test_columns_match_a_line_by_line_reading_of_a_rotated_log_with_bad_lines(tmp_path, monkeypatch, chunk_lines):
+    """read_columns (and read_predictions on top of it) against ``reference_read`` on a log the
+    endpoint's writer rotated over several files, with a line cut short at the end of the newest
+    file and, mid-file, lines the writer never writes: a missing field, an int timestamp, a
+    non-object, an input of the wrong size, one with a character outside base64 (skipped by the
+    decoder, so one byte short), and a valid input in non-canonical base64 (an escaped
+    newline), which the bulk check leaves to the line-by-line path. Chunks of one line put each
+    odd line through the bulk check alone; of 7 lines, bad lines land in some chunks and not
+    others; of 10,000, each file is one chunk. Not covered: integers beyond int64 (counted
+    unreadable here, read by the reference) and NaN literals (which only the standard library reads)."""
+    monkeypatch.setattr(request_log, "_CHUNK_LINES", chunk_lines)
+    log = RequestLog(tmp_path, max_file_bytes=6_000, sample_rate=0.3, seed=2, **FAST)
+    for k in range(40):
+        log.record(f"req-{k}", str(1 + k // 20), **request(1 + k % 4, ood=(0,) if k % 5 == 0 else (), seed=k))
+        if k % 10 == 9:
+            time.sleep(0.01)  # several writes, so several files
+    log.close()
+    files = sorted(prediction_files(tmp_path), key=lambda path: path.stat().st_mtime_ns)
+    assert len(files) >= 3
+    first, newest = files[0], files[-1]
+    lines = first.read_bytes().splitlines(keepends=True)
+    record = orjson.loads(next(line for line in lines if b'"x"' in line))
+    odd = [
+        b'{"ts":1.0,"id":"no-class","i":0,"v":"1","conf":0.5,"score":0.1,"ood":false}\n',
+        orjson.dumps({**record, "ts": int(record["ts"])}) + b"\n",
+        b"[1, 2, 3]\n",
+        orjson.dumps({**record, "id": "short-input", "x": record["x"][:-8] + "=="}) + b"\n",
+        orjson.dumps({**record, "id": "not-base64", "x": record["x"][:100] + "*" + record["x"][101:]}) + b"\n",
+        orjson.dumps({**record, "id": "escaped", "x": record["x"][:500] + "\n" + record["x"][500:]}) + b"\n",
+    ]
+    stat = first.stat()
+    first.write_bytes(b"".join(lines[:5] + odd + lines[5:]))
+    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # keeps its place in the file order
+    stat = newest.stat()
+    with newest.open("ab") as out:
+        out.write(lines[0][:40])  # a crash mid-write
+    os.utime(newest, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    everything = reference_read(tmp_path, None, None)
+    ts = [fields[0] for fields in everything[0]]
+    for since, until in [(None, None), (ts[len(ts) // 3], ts[2 * len(ts) // 3]), (ts[-1], None)]:
+        fields, images, malformed = reference_read(tmp_path, since, until)
+        columns, found_malformed = request_log.read_columns(tmp_path, since, until)
+        assert found_malformed == malformed == 6  # the cut line and five of the odd ones
+        as_read = (columns.ts, columns.request_id, columns.index, columns.version, columns.predicted)
+        as_read += (columns.confidence, columns.concept_score, columns.is_ood)
+        assert list(zip(*(column.tolist() for column in as_read), strict=True)) == fields
+        kept = [row for row, image in enumerate(images) if image is not None]
+        assert columns.kept.tolist() == kept
+        assert np.array_equal(columns.images(columns.kept), np.array([images[row] for row in kept]).reshape(-1, 28, 28))
+        predictions, _ = read_predictions(tmp_path, since, until)
+        assert [(p.ts, p.request_id, p.index, p.version, p.predicted) for p in predictions] == [f[:5] for f in fields]
+        assert all(
+            p.image is None if image is None else np.array_equal(p.image, image)
+            for p, image in zip(predictions, images, strict=True)
+        )
+    assert "escaped" in [fields[1] for fields in everything[0]]  # read, with its input
+    not_kept = sorted(set(range(len(columns))) - set(columns.kept.tolist()))
+    with pytest.raises(KeyError):
+        columns.images(np.array(not_kept[:1] + columns.kept.tolist()[:1]))
 
 
 @pytest.mark.parametrize("pids", [(1111, 2222), (3333, 3333)], ids=["two-pids", "same-pid-other-container"])
