@@ -31,6 +31,8 @@ from PIL import Image
 from mnist_assets.assets import production_labels, production_monitoring
 from mnist_assets.sensors import drift_alert, drift_sensor, failure_alert, new_data_sensor
 from mnist_delivery.client import EndpointClient
+from mnist_delivery.traffic import feedback_labels, most_out_of_distribution, relabelled_inputs
+from mnist_serving.request_log import FeedbackLog, RequestLog, read_columns, read_feedback, read_predictions
 from resources import AlertWebhook, DataStore, ModelDeployer, ModelRegistry, RunConfigFile
 
 pytestmark = pytest.mark.slow
@@ -102,10 +104,8 @@ def _tick(world, sensor, cursor=None):
 
 def _logged(world, n: int) -> None:
     """Wait until the server's log writer has flushed ``n`` predictions."""
-    from mnist_serving.request_log import read_predictions
-
     deadline = time.monotonic() + 10
-    while len(read_predictions(world[3].request_log_dir)[0]) < n and time.monotonic() < deadline:
+    while len(read_columns(world[3].request_log_dir)[0]) < n and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
@@ -315,3 +315,38 @@ def test_drift_alert_posts_what_crossed_the_run_and_its_link(webhook, monkeypatc
     assert alert["link"] == link and alert["drift"] == {"trigger": "drift", "reason": reason, "images": "900"}
     logged = capfd.readouterr().err
     assert "alert posted to 127.0.0.1" in logged and url not in logged, "the webhook URL is never logged"
+
+
+def test_window_rows_the_grid_and_the_labels_match_the_per_prediction_view(tmp_path):
+    """What the asset takes from the columns (the most out-of-distribution kept inputs, highest
+    score first and oldest first on ties; the feedback labels by row; the relabelled inputs)
+    against the same computed plainly over ``read_predictions``, on a log written by RequestLog
+    with a repeated score. Not covered: the plot itself (test above)."""
+    rng = np.random.default_rng(3)
+    log = RequestLog(tmp_path, sample_rate=0.5, seed=3)
+    for k in range(12):
+        scores = np.round(rng.random(5), 1).astype(np.float32)  # rounded: equal scores happen
+        probabilities = rng.dirichlet(np.ones(10), 5).astype(np.float32)
+        images = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+        log.record(f"req-{k}", "1", images, probabilities.argmax(1), probabilities, scores, scores > 0.8)
+    log.close()
+    feedback = FeedbackLog(tmp_path)
+    for k, i, label in ((1, 0, 3), (4, 2, 7), (9, 4, 1), (11, 3, 0)):
+        feedback.add(f"req-{k}", i, label)
+    columns, _ = read_columns(tmp_path)
+    predictions, _ = read_predictions(tmp_path)
+    kept = [p for p in predictions if p.image is not None]
+    plain = sorted(kept, key=lambda p: -p.concept_score)[:7]
+    worst = most_out_of_distribution(columns, 7)
+    assert len(set(columns.concept_score[columns.kept].tolist())) < len(kept)  # ties were exercised
+    assert [(columns.request_id[row], columns.index[row]) for row in worst] == [(p.request_id, p.index) for p in plain]
+    assert np.array_equal(columns.images(worst), np.stack([p.image for p in plain]))
+    labels = read_feedback(tmp_path)
+    assert feedback_labels(columns, labels) == {
+        row: labels[(p.request_id, p.index)] for row, p in enumerate(predictions) if (p.request_id, p.index) in labels
+    }
+    images, found, missing = relabelled_inputs(tmp_path)
+    by_key = {(p.request_id, p.index): p.image for p in kept}
+    usable = [(by_key[key], label) for key, label in labels.items() if key in by_key]
+    assert missing == len(labels) - len(usable) and found.tolist() == [label for _, label in usable]
+    assert np.array_equal(images, np.array([image for image, _ in usable]).reshape(-1, 28, 28))

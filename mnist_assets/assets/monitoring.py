@@ -20,7 +20,6 @@ import os
 import time
 from datetime import timedelta
 
-import numpy as np
 from dagster import (
     AssetExecutionContext,
     AutomationCondition,
@@ -36,7 +35,7 @@ from mnist_assets.assets.delivery import MODEL_DEPLOYMENT
 from mnist_assets.assets.models import OWNERS
 from mnist_assets.checks import MONITORING_CHECK_SPECS, monitoring_checks
 from mnist_assets.config import MonitoringConfig, PipelineConfig
-from mnist_delivery.traffic import Traffic, window_traffic
+from mnist_delivery.traffic import Traffic, most_out_of_distribution, window_traffic
 from mnist_ml import plots
 from mnist_ml.datasets import class_counts
 from mnist_ml.drift import drift_reasons, measures
@@ -111,8 +110,7 @@ def production_monitoring(
     found = measures(summary, config.bounds())
     reasons = drift_reasons(summary, config.bounds())
     context.log.info(f"{summary.images} images in the window; drift: {reasons or 'none'}")
-    kept = sorted((p for p in traffic.predictions if p.image is not None), key=lambda p: -p.concept_score)
-    worst = kept[: config.ood_grid_size]
+    worst = most_out_of_distribution(traffic.predictions, config.ood_grid_size)
     entries = {
         "images": summary.images,
         "serving_version": traffic.version or "no traffic",
@@ -135,8 +133,9 @@ def production_monitoring(
         ),
         "predicted_classes": metadata.png(plots.class_distribution(training, summary.class_counts), "classes"),
     }
-    if worst:
-        grid = plots.image_grid(np.stack([p.image for p in worst]), [f"{p.concept_score:.3f}" for p in worst])
+    if len(worst):
+        scores = traffic.predictions.concept_score[worst]
+        grid = plots.image_grid(traffic.predictions.images(worst), [f"{score:.3f}" for score in scores])
         entries["most_out_of_distribution"] = metadata.png(grid, "most out-of-distribution inputs")
         data_store.write_bytes("plots/production_most_ood.png", grid)
     return MaterializeResult(metadata=entries, check_results=monitoring_checks(found))
