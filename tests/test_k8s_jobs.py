@@ -64,7 +64,7 @@ def test_serving_objects_validate_and_are_locked_down():
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/mnist/ready"
     assert container["startupProbe"]["httpGet"]["path"] == "/v2/models/mnist/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert container["resources"]["limits"]["memory"] == container["resources"]["requests"]["memory"] == "1536Mi"
+    assert container["resources"]["limits"]["memory"] == container["resources"]["requests"]["memory"] == "384Mi"
     assert container["command"][container["command"].index("--model-dir") + 1] == "/models/mnist/7"
     assert objects[0]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert objects[0]["spec"]["replicas"] == 2
