@@ -252,7 +252,8 @@ def test_two_processes_write_their_own_files_into_one_directory(tmp_path, monkey
     for pid in pids:
         with monkeypatch.context() as patched:
             patched.setattr(os, "getpid", lambda pid=pid: pid)
-            logs.append(RequestLog(tmp_path, max_file_bytes=20_000, sample_rate=0.5, seed=pid, **FAST))
+            # Small files, so both writers rotate; enough of them kept that retention deletes none.
+            logs.append(RequestLog(tmp_path, max_file_bytes=20_000, max_files=1000, sample_rate=0.5, seed=pid, **FAST))
 
     def serve(log: RequestLog, version: str) -> None:
         for k in range(150):

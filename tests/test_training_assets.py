@@ -83,7 +83,8 @@ def test_classifier_export_accuracy_and_passing_check(trained):
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert checks["test_accuracy_at_least_minimum"].passed
     metrics = json.loads(store.path(f"{model_dir}.metrics.json").read_text())
-    assert metrics["parameters"] == 784 * 256 + 256 + 256 * 64 + 64 + 64 * 10 + 10
+    convs = (3 * 3 * 1 * 32 + 32) + (3 * 3 * 32 * 64 + 64)  # the default CNN: 28 -> 26 -> 13 -> 11 -> 5
+    assert metrics["parameters"] == convs + 5 * 5 * 64 * 64 + 64 + 64 * 10 + 10
     plots = store.path("models", "runs", result.run_id, "plots")
     assert (plots / "classifier_confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
