@@ -41,6 +41,7 @@ from mnist_delivery.backend import Candidate, DeployError, Endpoint, ServerProce
 from mnist_ml.atomic import write_text_atomic
 from mnist_ml.log import Log
 from mnist_ml.model_contract import MODEL_NAME
+from mnist_serving.lease import process_exists
 from mnist_serving.options import DEFAULT_PORT, ServerOptions
 from mnist_serving.sockets import bind_listener, give_listener, take_listener
 
@@ -57,15 +58,10 @@ def _alive(pid: int) -> bool:
     with contextlib.suppress(ChildProcessError):
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not process_exists(pid):
         return False
-    except PermissionError:
-        return True
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    with contextlib.suppress(OSError):
-        return b"mnist_serving" in cmdline.read_bytes()
+    with contextlib.suppress(OSError):  # a pid reused by another program is not our server
+        return b"mnist_serving" in Path(f"/proc/{pid}/cmdline").read_bytes()
     return False
 
 

@@ -38,7 +38,8 @@ def recorded_pid(record: Path) -> int | None:
     return None
 
 
-def _running(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
+    """True while a process with ``pid`` exists (ours or another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -78,7 +79,7 @@ def watch_record(record: Path) -> None:
             pid = recorded_pid(record)
             if pid == os.getpid():
                 named = True
-            elif named and pid is not None and _running(pid):
+            elif named and pid is not None and process_exists(pid):
                 log.info(f"the record names pid {pid} now; handing over and stopping")
                 _hand_over_and_stop()
                 return
