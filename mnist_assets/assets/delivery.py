@@ -104,7 +104,7 @@ def deliver_candidate(
         problems = smoke_test(public, mnist["x_test"][:SMOKE_IMAGES], expected, str(version.version))
         if problems:
             failed, reason = problems, "failed the smoke test on the public address: " + "; ".join(problems)
-            now_serving = _roll_back(repository, deployer, version, reason, log)
+            now_serving = _serve_production_again(repository, deployer, version, reason, log)
             context.log.error(f"version {version.version} {reason}; rolled back; now serving {now_serving}")
         else:
             aliases = repository.promote(version.version)
@@ -175,7 +175,9 @@ def _results(
     )
 
 
-def _roll_back(repository: FileModelRepository, deployer: ModelDeployer, failed: ModelVersion, reason: str, log) -> str:
+def _serve_production_again(
+    repository: FileModelRepository, deployer: ModelDeployer, failed: ModelVersion, reason: str, log
+) -> str:
     """Mark the version failed and serve the production version again (it was never replaced in
     the registry: promotion comes after the smoke test); say what serves."""
     repository.mark_failed(failed.version, reason)
