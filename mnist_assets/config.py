@@ -109,6 +109,9 @@ class DeploymentTestConfig(Config):
         default=1.0, ge=0, le=100, description="vs production: clean digits flagged may rise this many points."
     )
     max_p99_ratio: float = Field(default=1.5, ge=1, description="vs production: p99 latency at most this times.")
+    p99_slack_ms: float = Field(
+        default=5.0, ge=0, description="vs production: a p99 within this many ms of production's always passes."
+    )
 
     def margins(self) -> Margins:
         return Margins(
@@ -116,6 +119,7 @@ class DeploymentTestConfig(Config):
             self.max_detection_drop_points,
             self.max_false_positive_rise_points,
             self.max_p99_ratio,
+            self.p99_slack_ms,
         )
 
 

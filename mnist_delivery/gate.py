@@ -4,8 +4,10 @@ by more than set margins, on the same fixed test sets measured through HTTP.
 Rates are compared in percentage points (accuracy and out-of-distribution detection may not
 drop by more than their margin, the clean false-positive rate may not rise by more than its
 margin); single-image p99 latency as a ratio (both measured interleaved, so both saw the same
-machine load). With no version serving, there is nothing to compare and only the absolute
-deployment checks apply."""
+machine load), with an absolute slack below which a difference is scheduling noise, not the
+model: on a shared machine one preempted request moves a p99 of a few milliseconds by more
+than 1.5x (seen in the test suite: identical versions refused). With no version serving,
+there is nothing to compare and only the absolute deployment checks apply."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ class Margins:
     detection_points: float = 1.0
     false_positive_points: float = 1.0
     p99_ratio: float = 1.5
+    p99_slack_ms: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,13 @@ def compare(candidate: AcceptanceReport, production: AcceptanceReport, margins: 
         rate("notMNIST detection", "notmnist_flag_rate", margins.detection_points, True),
         rate("noisy-digit detection", "noisy_flag_rate", margins.detection_points, True),
         rate("clean false-positive rate", "clean_flag_rate", margins.false_positive_points, False),
-        Comparison("single-image p99 (ms)", candidate.latency_ms["p99"], p99, p99 * margins.p99_ratio, False),
+        Comparison(
+            "single-image p99 (ms)",
+            candidate.latency_ms["p99"],
+            p99,
+            max(p99 * margins.p99_ratio, p99 + margins.p99_slack_ms),
+            False,
+        ),
     ]
 
 
