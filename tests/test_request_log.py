@@ -399,3 +399,44 @@ def test_feedback_racing_processes_exactly_one_wins(tmp_path):
     assert all(outcome == f"lost to {winners[0]}" for label, outcome in outcomes.items() if label != winners[0])
     assert read_feedback(tmp_path) == {("contested", 0): winners[0]}
     assert len((tmp_path / "feedback.jsonl").read_text().splitlines()) == 1
+
+
+def _noting_encoders(log: RequestLog, monkeypatch) -> list[str]:
+    """The names of the threads that encode the log's lines, in order."""
+    encoders: list[str] = []
+    lines = log._lines
+
+    def noting_the_thread(requests: list) -> list[bytes]:
+        encoders.append(threading.current_thread().name)
+        return lines(requests)
+
+    monkeypatch.setattr(log, "_lines", noting_the_thread)
+    return encoders
+
+
+def test_while_requests_keep_coming_the_recording_thread_encodes_them(tmp_path, monkeypatch):
+    """Once an interval, the thread that records encodes (so the writer thread never holds the
+    GIL for long while the server works, see RequestLog)."""
+    log = RequestLog(tmp_path, **FAST)
+    encoders = _noting_encoders(log, monkeypatch)
+    arrays = request(1)
+    recorder = threading.Thread(
+        target=lambda: [(log.record(f"busy-{k}", "1", **arrays), time.sleep(0.001)) for k in range(200)],
+        name="recorder",
+    )
+    recorder.start()
+    recorder.join()
+    log.close()
+    assert encoders.count("recorder") >= 5, encoders  # 200 records over many intervals
+    assert [p.request_id for p in read_predictions(tmp_path)[0]] == [f"busy-{k}" for k in range(200)]
+
+
+def test_a_quiet_log_is_written_without_close(tmp_path, monkeypatch):
+    """When nothing more is recorded, the writer thread encodes what is left itself: the last
+    request before a quiet spell is on disk within an interval or so, with the log still open."""
+    log = RequestLog(tmp_path, flush_interval_s=0.3)
+    encoders = _noting_encoders(log, monkeypatch)
+    log.record("quiet", "1", **request(1))  # within the first interval: not the recorder's to encode
+    wait_for(lambda: [p.request_id for p in read_predictions(tmp_path)[0]] == ["quiet"])
+    assert encoders == ["request-log-writer"]
+    log.close()
