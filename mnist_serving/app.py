@@ -81,7 +81,7 @@ class Endpoints:
                 payload = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
                 raise self.model.refuse("v1", f"the request is not valid JSON ({exc})") from None
-            answer = self.model.predict(payload, headers)
+            answer = await self.model.predict(payload, headers)
         except Refused as exc:
             return await reply(send, 400, str(exc))
         await reply(send, 200, _json(answer))

@@ -2,7 +2,8 @@
 
 Both models run as the one ONNX graph the version was published with (``manifest.json``'s
 ``onnx`` entry, checked at publish for parity with the SavedModels, see ``mnist_ml.onnx_export``),
-in one ONNX Runtime call per request: no TensorFlow in the serving process. A version published
+in one ONNX Runtime call, shared by the requests that arrive together (``batching``): no
+TensorFlow in the serving process. A version published
 without that graph cannot be served (``load`` says so).
 
 Every prediction returns the class id, the class probabilities, the concept score and
@@ -34,8 +35,14 @@ from mnist_ml.model_contract import (
     read_concept_calibration,
 )
 from mnist_serving import metrics
+from mnist_serving.batching import Batcher
 from mnist_serving.request_log import RequestLog
 from mnist_serving.validation import InvalidImages, to_model_input
+
+# Images per ONNX Runtime call: a request with more is scored in several calls. Bounds the
+# activations' memory (1,024 images at once took the CNN's process from 88 to 303 MB RSS, 144 MB
+# in calls of 256) at no cost in speed: past a few dozen images a call costs the same per image.
+CALL_IMAGES = 256
 
 
 def onnx_session(version_dir: Path, manifest: Mapping[str, Any]) -> onnxruntime.InferenceSession:
@@ -47,6 +54,11 @@ def onnx_session(version_dir: Path, manifest: Mapping[str, Any]) -> onnxruntime.
     options.log_severity_level = 3  # warnings about unused initializers are not ours to act on
     path = Path(version_dir) / manifest["onnx"]["file"]
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _starts(images: np.ndarray) -> range:
+    """Where each model call's images start: one call per ``CALL_IMAGES`` (at least one call)."""
+    return range(0, max(len(images), 1), CALL_IMAGES)
 
 
 class Refused(ValueError):
@@ -66,6 +78,7 @@ class MnistPredictor:
         self.ready = False
         self.version = "unknown"
         self.threshold = float("nan")
+        self.batcher = Batcher(self.score)  # concurrent requests share a model call
 
     def load(self) -> bool:
         manifest = json.loads((self.version_dir / "manifest.json").read_text())
@@ -85,7 +98,11 @@ class MnistPredictor:
 
     def score(self, images: np.ndarray, count: bool = True) -> dict[str, np.ndarray]:
         """Outputs for float32 [N, 28, 28] images in [0, 1], counted in the metrics unless ``count`` is False."""
-        outputs = dict(zip(self._outputs, self._session.run(self._outputs, {INPUT_NAME: images}), strict=True))
+        calls = [
+            self._session.run(self._outputs, {INPUT_NAME: images[at : at + CALL_IMAGES]}) for at in _starts(images)
+        ]
+        columns = calls[0] if len(calls) == 1 else [np.concatenate(parts) for parts in zip(*calls, strict=True)]
+        outputs = dict(zip(self._outputs, columns, strict=True))
         class_ids, probabilities, concept = outputs["class_ids"], outputs["probabilities"], outputs["concept_score"]
         is_ood = concept > self.threshold
         if not count:
@@ -95,7 +112,7 @@ class MnistPredictor:
         metrics.count_classes(class_ids)
         return {"class_ids": class_ids, "probabilities": probabilities, "concept_score": concept, "is_ood": is_ood}
 
-    def infer(
+    async def infer(
         self,
         protocol: str,
         headers: Mapping[str, str] | None,
@@ -111,7 +128,7 @@ class MnistPredictor:
         headers = headers or {}
         try:
             batch = to_model_input(images(), self.max_batch)
-            result = self.score(batch)
+            result = await self.batcher.score(batch)
             request_id = request_id or headers.get(REQUEST_ID_HEADER) or os.urandom(16).hex()
             if self.request_log is not None and headers.get(TRAFFIC_HEADER) != TEST_TRAFFIC:
                 self.request_log.record(
@@ -138,8 +155,8 @@ class MnistPredictor:
         metrics.OUTCOME[protocol, "invalid"].inc()
         return Refused(message)
 
-    def predict(self, payload: object, headers: Mapping[str, str] | None = None) -> dict:
-        return self.infer("v1", headers, lambda: v1_instances(payload), self._v1_response)
+    async def predict(self, payload: object, headers: Mapping[str, str] | None = None) -> dict:
+        return await self.infer("v1", headers, lambda: v1_instances(payload), self._v1_response)
 
     def _v1_response(self, result: dict[str, np.ndarray], request_id: str) -> dict:
         predictions = [

@@ -232,7 +232,7 @@ class V2Infer:
             return await reply(send, 415 if encoding not in ENCODINGS else 400, str(exc))
         try:
             request = decode_request(body, headers.get(HEADER))
-            answer, header_length = self.model.infer(
+            answer, header_length = await self.model.infer(
                 "v2",
                 headers,
                 lambda: request.tensor,

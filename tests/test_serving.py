@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +170,22 @@ def test_metrics_count_requests_flags_and_version(endpoint):
     assert after[f'mnist_model_version_info{{version="{endpoint.version}"}}'] == 1
     assert 'mnist_request_latency_seconds_count{protocol="v2"}' in after
     assert "mnist_ood_flags_total" in after
+
+
+def test_concurrent_requests_get_their_own_answers_and_are_counted_once(endpoint):
+    """Requests arriving together share a model call (mnist_serving.batching): each client still
+    gets the answer its own images get alone, and each image is counted once."""
+    images = _images(24, seed=11)
+    alone = [_outputs(_binary(endpoint, images[i : i + 1])) for i in range(len(images))]
+    before = _metrics(endpoint)
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        together = list(pool.map(lambda i: _outputs(_binary(endpoint, images[i : i + 1])), range(len(images))))
+    after = _metrics(endpoint)
+    for mine, reference in zip(together, alone, strict=True):
+        assert mine["class_ids"] == reference["class_ids"] and mine["is_ood"] == reference["is_ood"]
+        np.testing.assert_allclose(mine["probabilities"], reference["probabilities"], atol=1e-6)
+        np.testing.assert_allclose(mine["concept_score"], reference["concept_score"], atol=1e-6)
+    assert after["mnist_images_total"] - before["mnist_images_total"] == len(images)
 
 
 def _metrics(endpoint) -> dict[str, float]:
