@@ -3,9 +3,9 @@ behind the thinnest server that answers the same requests on the same HTTP serve
 ``mnist_serving.server.uvicorn_server`` runs it): no validation, metrics, request log, routes or
 body limit. ``benchmarks/serving.py`` measures the endpoint against it in the same run.
 
-Answers ``POST /v2/models/mnist/infer`` (JSON ``data`` of UINT8 pixels; all four outputs as
-JSON) and ``POST /v1/models/mnist:predict`` (``instances`` of UINT8 pixels), and ``GET
-/v2/health/ready``.
+Answers ``POST /v2/models/mnist/infer`` (JSON ``data`` of UINT8 pixels, or the binary tensor
+extension's UINT8 bytes; all four outputs as JSON), ``POST /v1/models/mnist:predict``
+(``instances`` of UINT8 pixels) and ``GET /v2/health/ready``.
 
     python benchmarks/thin_server.py PORT MODEL_DIR
 """
@@ -43,9 +43,15 @@ class Thin:
             return
         if scope["method"] == "GET":
             return await reply(send, 200, b'{"ready":true}')
-        request = orjson.loads(await read_body(receive) or b"{}")
+        body = await read_body(receive) or b"{}"
+        header_length = dict(scope["headers"]).get(b"inference-header-content-length")
+        if header_length:  # v2 binary: the JSON header, then the UINT8 pixels
+            pixels = np.frombuffer(body[int(header_length) :], np.uint8)
+        else:
+            request = orjson.loads(body)
+            pixels = request["instances"] if scope["path"].startswith("/v1/") else request["inputs"][0]["data"]
         if scope["path"].startswith("/v1/"):
-            out = self.score(request["instances"])
+            out = self.score(pixels)
             columns = zip(out["class_ids"], out["probabilities"], out["concept_score"], out["is_ood"], strict=True)
             body = {
                 "predictions": [
@@ -54,7 +60,7 @@ class Thin:
                 ]
             }
         else:
-            out = self.score(request["inputs"][0]["data"])
+            out = self.score(pixels)
             body = {
                 "outputs": [
                     {"name": name, "shape": list(value.shape), "data": value.ravel()} for name, value in out.items()
