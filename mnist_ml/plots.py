@@ -2,27 +2,42 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Mapping, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
-def _png(fig: plt.Figure) -> bytes:
+@functools.cache
+def _pyplot() -> ModuleType:
+    """matplotlib's pyplot, imported on the first plot (about 0.5 s): every process that loads
+    the code location imports this module (the CLI, each run's step server), few of them plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
+def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
+    _pyplot().close(fig)
     return buffer.getvalue()
 
 
 def image_grid(images: np.ndarray, captions: Sequence[str], columns: int = 10) -> bytes:
     """Images (uint8 or float in [0, 1]) in a grid, each with a caption above it."""
     rows = max(1, int(np.ceil(len(images) / columns)))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9, rows * 1.05), squeeze=False)
+    fig, axes = _pyplot().subplots(rows, columns, figsize=(columns * 0.9, rows * 1.05), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions, strict=False):
@@ -33,7 +48,7 @@ def image_grid(images: np.ndarray, captions: Sequence[str], columns: int = 10) -
 
 def confusion_matrix_plot(matrix: np.ndarray, class_names: Sequence[str]) -> bytes:
     """Counts with true classes as rows; the diagonal is what we got right."""
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = _pyplot().subplots(figsize=(6, 5))
     ax.imshow(np.log1p(matrix), cmap="Blues")
     for (row, col), count in np.ndenumerate(matrix):
         color = "white" if row == col else "black"
@@ -48,7 +63,7 @@ def confusion_matrix_plot(matrix: np.ndarray, class_names: Sequence[str]) -> byt
 def training_curves(history: Mapping[str, Sequence[float]], title: str) -> bytes:
     """One panel per metric, training and validation together."""
     metrics = sorted(name for name in history if not name.startswith("val_") and name != "learning_rate")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.2), squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.2), squeeze=False)
     for ax, name in zip(axes.flat, metrics, strict=True):
         epochs = np.arange(1, len(history[name]) + 1)
         ax.plot(epochs, history[name], marker="o", label="train")
@@ -62,7 +77,7 @@ def training_curves(history: Mapping[str, Sequence[float]], title: str) -> bytes
 
 def latency_histogram(milliseconds: Sequence[float], title: str) -> bytes:
     """Request latencies with the p50, p95 and p99 marked."""
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = _pyplot().subplots(figsize=(7, 3.2))
     ax.hist(milliseconds, bins=50, color="tab:blue", alpha=0.7)
     for q, style in ((50, "-"), (95, "--"), (99, ":")):
         value = float(np.percentile(milliseconds, q))
@@ -76,7 +91,7 @@ def latency_histogram(milliseconds: Sequence[float], title: str) -> bytes:
 
 def rate_bars(rates: Mapping[str, float], bounds: Mapping[str, float], title: str) -> bytes:
     """One bar per rate, with its required bound as a tick, so a failed gate stands out."""
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = _pyplot().subplots(figsize=(7, 3.2))
     names = list(rates)
     ax.bar(names, [rates[n] for n in names], color="tab:green", alpha=0.7)
     for i, name in enumerate(names):
@@ -97,7 +112,7 @@ def traffic_timeseries(
     with ``shift_trend`` (bucket start, estimated accuracy, confidence and concept-score KS
     p-values) a second panel below shows the label-free estimates over the same buckets."""
     rows = 2 if shift_trend else 1
-    fig, axes = plt.subplots(rows, 1, figsize=(8, 3.4 * rows), sharex=True, squeeze=False)
+    fig, axes = _pyplot().subplots(rows, 1, figsize=(8, 3.4 * rows), sharex=True, squeeze=False)
     volume = axes[0, 0]
     starts = np.array([t for t, _, _ in trend])
     minutes = (starts - starts[0]) / 60 if len(starts) else starts
@@ -117,7 +132,7 @@ def traffic_timeseries(
 
 
 def _shift_panel(
-    accuracy: plt.Axes, x: np.ndarray, shift_trend: Sequence[tuple[float, float | None, float | None, float | None]]
+    accuracy: Axes, x: np.ndarray, shift_trend: Sequence[tuple[float, float | None, float | None, float | None]]
 ) -> None:
     """Estimated accuracy (left axis) and KS p-values (right, log axis) per bucket; gaps where empty."""
 
@@ -139,7 +154,7 @@ def _shift_panel(
 
 def class_distribution(training: Sequence[int], production: Sequence[int]) -> bytes:
     """Share of each predicted digit in production beside its share in the training labels."""
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = _pyplot().subplots(figsize=(7, 3.2))
     x = np.arange(10)
     for offset, (name, counts) in zip((-0.2, 0.2), (("training", training), ("production", production)), strict=True):
         total = max(sum(counts), 1)
@@ -153,7 +168,7 @@ def class_distribution(training: Sequence[int], production: Sequence[int]) -> by
 
 def score_histogram(scores: Mapping[str, np.ndarray], threshold: float) -> bytes:
     """Concept scores per dataset on a log axis, with the out-of-distribution threshold."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = _pyplot().subplots(figsize=(7, 3.5))
     positive = np.concatenate([s[s > 0] for s in scores.values()])
     bins = np.geomspace(positive.min(), positive.max(), 80)
     for name, values in scores.items():

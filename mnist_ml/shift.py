@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 REFERENCE_POINTS = 1000
 
@@ -65,6 +64,8 @@ def ks_test(sample: np.ndarray, reference: Mapping[str, Any]) -> KsResult | None
     n, m = len(sample), int(reference["count"])
     if not n:
         return None
+    from scipy import stats  # here, not at the top: about 1 s that every process loading the code location paid
+
     statistic = float(stats.ks_2samp(sample, reference["quantiles"]).statistic)
     effective = n * m / (n + m)
     return KsResult(statistic, float(stats.kstwo.sf(statistic, max(1, round(effective)))))
