@@ -59,9 +59,12 @@ DELIVERY_TAG = {"mnist/endpoint": "mnist"}
 
 # Local runs: a process per step, forked from a server that has imported the code location
 # once (Dagster and our modules, not TensorFlow), instead of a fresh interpreter importing it
-# again for every step. Parallel steps still run in parallel.
+# again for every step. Parallel steps still run in parallel. The server also imports the local
+# instance's SQLite storage (SQLAlchemy, Alembic), which each step opens: about 0.45 s that every
+# step launch paid before.
+PRELOADED_MODULES = ["mnist_assets.definitions", "dagster._core.storage.sqlite_storage"]
 PRELOADED_STEPS = multiprocess_executor.configured(
-    {"start_method": {"forkserver": {"preload_modules": ["mnist_assets.definitions"]}}}, name="preloaded_steps"
+    {"start_method": {"forkserver": {"preload_modules": PRELOADED_MODULES}}}, name="preloaded_steps"
 )
 
 
