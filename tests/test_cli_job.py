@@ -67,6 +67,9 @@ def test_job_runs_steps_in_parallel_and_succeeds(tmp_path, real_mirrors):
         pytest.skip("one CPU: the multiprocess executor runs one step at a time")
     assert _overlap(steps["mnist_dataset"], steps["notmnist_dataset"]), "downloads did not run in parallel"
     assert _overlap(steps["mnist_classifier"], steps["mnist_concept_model"]), "trainings did not run in parallel"
+    if os.cpu_count() == 2:  # two slots for three ready steps: the critical path's go first (step_order)
+        first = min(steps["mnist_dataset"].end_time, steps["production_labels"].end_time)
+        assert steps["notmnist_dataset"].start_time >= first, "the notMNIST download took a critical-path slot"
     assert (tmp_path / "data" / run_model_dir(run.run_id, "classifier") / "saved_model.pb").exists()
 
 

@@ -8,6 +8,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from mnist_assets import metadata
 from mnist_assets.config import MnistDataConfig, NotMnistDataConfig
+from mnist_assets.step_order import CRITICAL_PATH
 from mnist_delivery.traffic import relabelled_inputs
 from mnist_ml import plots
 from mnist_ml.datasets import DIGITS, MNIST_FILES, NOTMNIST_ARCHIVE, class_counts, load_mnist
@@ -52,6 +53,7 @@ def _sample_grid(images: np.ndarray, labels: np.ndarray, names: list[str] | str)
     group_name="data",
     owners=OWNERS,
     kinds={"numpy"},
+    op_tags=CRITICAL_PATH,
     description="MNIST's four IDX files from the first mirror that serves them with the canonical "
     "sha256, stored as uint8 arrays (processed/mnist.npz).",
 )
@@ -111,6 +113,7 @@ def notmnist_dataset(context: AssetExecutionContext, config: NotMnistDataConfig,
     group_name="data",
     owners=OWNERS,
     kinds={"numpy"},
+    op_tags=CRITICAL_PATH,
     description="Newly labelled digits for the next training set: PNGs dropped into the data store's "
     "incoming/<digit>/ folders, and production inputs relabelled through the endpoint's feedback "
     "route (processed/production_labels.npz).",

@@ -32,6 +32,7 @@ from mnist_assets.checks import (
 )
 from mnist_assets.config import ClassifierConfig, ConceptModelConfig
 from mnist_assets.k8s import TRAINING_POD
+from mnist_assets.step_order import CRITICAL_PATH
 from mnist_ml import plots
 from mnist_ml.datasets import DIGITS, to_unit_float
 from mnist_ml.evaluation import add_uniform_noise, confusion_matrix, ood_report, per_class_accuracy
@@ -93,7 +94,7 @@ def _record(
     deps=[mnist_dataset, production_labels],
     check_specs=[CLASSIFIER_ACCURACY],
     kinds={"tensorflow"},
-    op_tags=TRAINING_POD,
+    op_tags={**TRAINING_POD, **CRITICAL_PATH},
     description="Digit classifier (a small CNN by default) exported as a SavedModel with the "
     "signature imgs -> class_ids, probabilities; evaluated on the MNIST test set.",
 )
