@@ -45,25 +45,25 @@ class Batcher:
     def _flush(self) -> None:
         waiting, self._waiting = self._waiting, []
         for group in consecutive_groups(waiting, _images_in, self.max_images):
-            self._score_group(group)
+            try:
+                shares = self._score_group(group)
+            except Exception as exc:  # each request of the call fails with it (a 500), no request waits on
+                shares = [exc] * len(group)
+            for (_, future), share in zip(group, shares, strict=True):
+                if future.done():  # its client went away and the handler was cancelled
+                    continue
+                if isinstance(share, Exception):
+                    future.set_exception(share)
+                else:
+                    future.set_result(share)
 
-    def _score_group(self, group: list[Waiting]) -> None:
-        try:
-            if len(group) == 1:
-                shares = [self.score_now(group[0][0])]
-            else:
-                merged = self.score_now(np.concatenate([images for images, _ in group]))
-                bounds = np.cumsum([len(images) for images, _ in group])[:-1]
-                split = {name: np.split(values, bounds) for name, values in merged.items()}
-                shares = [{name: parts[i] for name, parts in split.items()} for i in range(len(group))]
-        except Exception as exc:  # each request of the call fails with it
-            for _, future in group:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), share in zip(group, shares, strict=True):
-            if not future.done():  # its client went away and the handler was cancelled
-                future.set_result(share)
+    def _score_group(self, group: list[Waiting]) -> list[Outputs]:
+        if len(group) == 1:
+            return [self.score_now(group[0][0])]
+        merged = self.score_now(np.concatenate([images for images, _ in group]))
+        bounds = np.cumsum([len(images) for images, _ in group])[:-1]
+        split = {name: np.split(values, bounds) for name, values in merged.items()}
+        return [{name: parts[i] for name, parts in split.items()} for i in range(len(group))]
 
 
 def _images_in(waiting: Waiting) -> int:
