@@ -2,10 +2,12 @@
 pod's memory limit (mnist_delivery/k8s_endpoint.py).
 
 Starts ``python -m mnist_serving`` on a registry version (by default a fresh one with the
-shipped architecture: dense 256-64 classifier, 784-256-128-256-784 autoencoder; memory
-depends on the architecture, not on the trained weights), with the request log on, then
-sends batches of the largest allowed size (1,024 images, v2 binary and v2 JSON, uint8 and
-float32) from several threads at once, sampling the server's RSS with psutil every 20 ms.
+architecture run_config.yaml ships, read from it: the CNN classifier and the 784-256-128-256-784
+autoencoder; memory depends on the architecture, not on the trained weights), with the request
+log on, then sends batches of the largest allowed size (1,024 images, v2 binary and v2 JSON,
+uint8 and float32) from several threads at once, sampling the server's RSS with psutil every
+20 ms. The target: the peak leaves the serving pod's memory limit (``ServingSpec.memory``) a
+margin of 1.5x.
 
     python benchmarks/serving_memory.py [--model-dir var/models/mnist/1] [--seconds 30]
 """
@@ -22,8 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import yaml
+from report import publish, table
 
 from mnist_delivery.client import EndpointClient, binary_request
+from mnist_delivery.k8s_endpoint import ServingSpec
 from mnist_ml.datasets import to_unit_float
 from mnist_serving.sockets import bind_listener
 
@@ -32,7 +37,7 @@ MAX_BATCH = 1024  # serving.max_batch and the server's --max-batch default: the 
 
 
 def shipped_architecture_version(root: Path) -> Path:
-    """A registry version with the run config's architecture and untrained weights."""
+    """A registry version with run_config.yaml's architecture and untrained weights."""
     from mnist_ml.classifier import build_classifier
     from mnist_ml.concept import build_autoencoder
     from mnist_ml.onnx_export import ONNX_ARTIFACT, export_checked
@@ -40,8 +45,13 @@ def shipped_architecture_version(root: Path) -> Path:
     from mnist_ml.savedmodel import export_classifier, export_concept_model, write_concept_calibration
 
     artifacts = {"classifier": root / "classifier", "concept_model": root / "concept_model"}
-    export_classifier(build_classifier("dense", [256, 64], seed=0), artifacts["classifier"])
-    export_concept_model(build_autoencoder([256, 128], seed=0), artifacts["concept_model"])
+    shipped = yaml.safe_load((ROOT / "run_config.yaml").read_text())
+    classifier, concept = shipped["classifier"], shipped["concept_model"]
+    print(f"classifier {classifier['architecture']} {classifier['hidden_units']}, encoder {concept['encoder_units']}")
+    export_classifier(
+        build_classifier(classifier["architecture"], classifier["hidden_units"], seed=0), artifacts["classifier"]
+    )
+    export_concept_model(build_autoencoder(concept["encoder_units"], seed=0), artifacts["concept_model"])
     write_concept_calibration(artifacts["concept_model"], {"threshold": 0.02, "percentile": 99.0})
     images = np.random.default_rng(0).random((256, 28, 28), dtype=np.float32)
     onnx = export_checked(artifacts, root / ONNX_ARTIFACT, images)
@@ -105,11 +115,13 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(30)
-    print(f"model: {model_dir}")
     print(f"load: {len(threads)} threads ({', '.join(kinds)}), {MAX_BATCH} images per request, {args.seconds:.0f} s")
-    print(f"idle RSS {idle_mb:.0f} MiB, peak RSS {peak_mb:.0f} MiB, errors {len(errors)}")
     if errors:
         raise SystemExit("\n".join(errors[:5]))
+    limit_mib = int(ServingSpec().memory.removesuffix("Mi"))
+    measured = {"idle_rss_mib": round(idle_mb), "peak_rss_mib": round(peak_mb)}
+    extra = {"model_dir": str(args.model_dir or "run_config.yaml's architecture"), "seconds": args.seconds}
+    publish("serving_memory", table(measured, {"peak_rss_mib": (limit_mib / 1.5, "max")}), extra)
 
 
 if __name__ == "__main__":

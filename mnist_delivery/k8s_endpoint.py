@@ -77,11 +77,11 @@ class ServingSpec:
     data_mount: str = "/data"  # where run and step pods mount the data claim (the request log's root)
     service_account: str = "mnist-serving"  # no Role: the server never calls the API
     cpu: str = "1"
-    # Peak RSS 215 MiB with 8 concurrent requests of 1,024 images (v2 binary and JSON, uint8 and
-    # float32) for 30 s, request log on, idle 89 MiB (the ONNX Runtime server; 952 MiB under
-    # TensorFlow); the limit is 1.8x that peak, and 1.5x the 262 MiB benchmarks/serving.py saw
-    # after its logged load. Measured with `.venv/bin/python benchmarks/serving_memory.py
-    # --seconds 30` (2 cores). One CPU: one event loop, ONNX Runtime on one thread per call.
+    # Peak RSS 216-233 MiB (two runs) with 8 concurrent requests of 1,024 images (v2 binary and
+    # JSON, uint8 and float32) for 30 s, request log on, idle 80 MiB: the shipped CNN, scored
+    # 64 images per call (296 MiB in calls of 256; 952 MiB under TensorFlow). The limit is 1.65x
+    # that peak. Measured with `.venv/bin/python benchmarks/serving_memory.py --seconds 30`
+    # (2 cores). One CPU: one event loop, ONNX Runtime on one thread per call.
     memory: str = "384Mi"
     options: ServerOptions = ServerOptions()
     request_log: PurePosixPath | None = None  # the request log's folder, under data_mount

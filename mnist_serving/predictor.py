@@ -40,9 +40,11 @@ from mnist_serving.request_log import RequestLog
 from mnist_serving.validation import InvalidImages, to_model_input
 
 # Images per ONNX Runtime call: a request with more is scored in several calls. Bounds the
-# activations' memory (1,024 images at once took the CNN's process from 88 to 303 MB RSS, 144 MB
-# in calls of 256) at no cost in speed: past a few dozen images a call costs the same per image.
-CALL_IMAGES = 256
+# activations' memory: under 8 concurrent 1,024-image requests the CNN's server peaked at 296 MiB
+# RSS in calls of 256 and 216 MiB in calls of 64 (benchmarks/serving_memory.py), and a call of 64
+# costs per image what a larger one does (63 against 66-69 us for the CNN, 11.2 against 10.6-11.7 us
+# for the dense network).
+CALL_IMAGES = 64
 
 
 def onnx_session(version_dir: Path, manifest: Mapping[str, Any]) -> onnxruntime.InferenceSession:
