@@ -18,9 +18,19 @@ Batched binary throughput (real digits, 256 and 1,024 per request) is measured b
 floor's, and compared with the endpoint before issue 10 (TensorFlow through KServe, git 43d0aa7)
 as recorded by this benchmark's earlier run (``BEFORE``), with the dense classifier of that time
 (var/models/mnist/2): that server needs KServe installed, which the project no longer pins, so it
-is not run again. The comparison is only made for a version with that classifier (the CNN that is
-now the default computes several times as much per image), and a ratio across runs carries the
-machine's drift between them; the side-by-side ratios do not.
+is not run again by default. The comparison is only made for a version with that classifier (the
+CNN that is now the default computes several times as much per image), and a ratio across runs
+carries the machine's drift between them (the same commit measured 1.37 and 0.90 for 256 images
+in two runs an hour apart). To run that server side by side instead, on the same version:
+
+    git archive 43d0aa7 | tar -x -C /tmp/before
+    pip install --no-deps --target /tmp/kserve -c <(git show 43d0aa7:requirements/constraints.txt) \
+        kserve fastapi cloudevents deprecation grpc-interceptor grpcio-tools opentelemetry-api \
+        pandas python-multipart timing-asgi
+    python benchmarks/serving.py --before-pythonpath /tmp/before:/tmp/kserve
+
+(the packages KServe 0.21 needs that this project no longer installs; the rest, TensorFlow too,
+are the same versions here).
 
 Needs `wrk` (Debian: `apt-get install wrk`) and a published version: by default the
 production version in var/models (run `make run` first), or --model-dir. A version published
@@ -33,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -43,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import requests
 from report import publish, table
 
 from mnist_delivery.client import EndpointClient, binary_request
@@ -62,6 +74,8 @@ TARGETS = {
     "v2_json_p99_ms_32_connections": (25.0, "max"),
     "batched_256_vs_recorded_before": (1.0, "min"),
     "batched_1024_vs_recorded_before": (1.0, "min"),
+    "batched_256_vs_before": (1.0, "min"),
+    "batched_1024_vs_before": (1.0, "min"),
     "server_rss_mb": (300.0, "max"),
     "cold_start_s": (3.0, "max"),
 }
@@ -114,14 +128,16 @@ def _ms(text: str) -> float:
 class Server:
     """A server process on a free port; ``cold_start_s`` is from process start to ready."""
 
-    def __init__(self, name: str, command: list[str], log: Path) -> None:
+    def __init__(
+        self, name: str, command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
+    ) -> None:
         with bind_listener("127.0.0.1", 0) as probe:
             self.port = probe.getsockname()[1]
         self.name, self.url = name, f"http://127.0.0.1:{self.port}"
         command = [arg.replace("{port}", str(self.port)) for arg in command]
         start = time.perf_counter()
         with log.open("wb") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
         client, deadline = EndpointClient(self.url), time.monotonic() + 120
         while not client.ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -157,6 +173,10 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, help="a registry version folder (default: production in var/models)")
     parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
     parser.add_argument("--rounds", type=int, default=2, help="rounds over all servers; medians are reported")
+    parser.add_argument(
+        "--before-pythonpath",
+        help="PYTHONPATH for the endpoint before issue 10, run side by side (see the module docstring)",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk (Debian/Ubuntu) or brew install wrk")
@@ -183,6 +203,8 @@ def main() -> None:
             "floor": [python, str(ROOT / "benchmarks" / "thin_server.py"), "{port}", str(model_dir)],
             "hello": [python, str(ROOT / "benchmarks" / "hello_server.py"), "{port}"],
         }
+        before_cmd = [python, "-m", "mnist_serving", "--model-dir", str(source_dir), "--port", "{port}"]
+        before_cmd += ["--request-log-dir", str(work / "before-requests")]  # the endpoint before issue 10
         runs: dict[str, list[float]] = {}
 
         def note(key: str, value: float) -> None:
@@ -192,8 +214,15 @@ def main() -> None:
         try:
             for name, command in commands.items():
                 servers[name] = Server(name, command, work / f"{name}.log")
+            if args.before_pythonpath:  # from its own source folder: `python -m` looks in the working directory first
+                env = {**os.environ, "PYTHONPATH": args.before_pythonpath}
+                source = Path(args.before_pythonpath.split(os.pathsep)[0])
+                servers["before"] = Server("before", before_cmd, work / "before.log", env, cwd=source)
+                served_by = requests.get(f"{servers['before'].url}/v2", timeout=10).json().get("name", "")
+                if served_by == requests.get(f"{servers['endpoint'].url}/v2", timeout=10).json()["name"]:
+                    raise SystemExit(f"the before server runs this checkout's code ({served_by}): check the path")
             for _ in range(args.rounds):  # round by round, so drift in the machine's speed hits all alike
-                for name in ("endpoint", "floor", "hello"):
+                for name in servers:
                     url = servers[name].url
                     v2 = wrk(f"{url}/v2/models/mnist/infer", v2_bodies, json_headers, 8, args.seconds, work)
                     v1 = wrk(f"{url}/v1/models/mnist:predict", v1_bodies, json_headers, 8, args.seconds, work)
@@ -208,7 +237,7 @@ def main() -> None:
                     url = f"{servers[name].url}/v2/models/mnist/infer"
                     note(f"{name}_v2_p99_32", wrk(url, v2_bodies, json_headers, 32, args.seconds, work)["p99_ms"])
                 for n, batch in batches.items():
-                    for name in ("endpoint", "floor"):
+                    for name in [s for s in servers if s != "hello"]:
                         url = f"{servers[name].url}/v2/models/mnist/infer"
                         note(f"{name}_batched_{n}", wrk(url, [batch["data"]], batch["headers"], 2, 5, work)["rps"] * n)
             rss = {name: server.rss_mb() for name, server in servers.items()}
@@ -246,13 +275,25 @@ def main() -> None:
         "floor_rss_mb": round(rss["floor"]),
         "cold_start_s": round(cold["endpoint"], 2),
     }
-    parameters = json.loads((source_dir / "manifest.json").read_text())["training"]["classifier"]["parameters"]
-    if parameters == BEFORE_CLASSIFIER_PARAMETERS:
+    if "before" in servers:  # side by side, in this run
+        for n in BEFORE:
+            measured[f"batched_{n}_vs_before"] = round(m[f"endpoint_batched_{n}"] / m[f"before_batched_{n}"], 2)
+            measured[f"before_batched_images_per_s_{n}"] = round(m[f"before_batched_{n}"])
+        measured |= {
+            "v2_json_vs_before": round(m["endpoint_v2_rps"] / m["before_v2_rps"], 2),
+            "v1_vs_before": round(m["endpoint_v1_rps"] / m["before_v1_rps"], 2),
+            "before_v2_json_p99_ms_8_connections": round(m["before_v2_p99_8"], 2),
+            "before_rss_mb": round(rss["before"]),
+            "before_cold_start_s": round(cold["before"], 2),
+        }
+    elif json.loads((source_dir / "manifest.json").read_text())["training"]["classifier"]["parameters"] == (
+        BEFORE_CLASSIFIER_PARAMETERS
+    ):
         for n in BEFORE:
             measured[f"batched_{n}_vs_recorded_before"] = round(m[f"endpoint_batched_{n}"] / BEFORE[n], 2)
     else:
         print(f"batches not compared with the recorded before: its classifier had {BEFORE_CLASSIFIER_PARAMETERS:,}")
-        print(f"parameters, this version's has {parameters:,} (run with --model-dir of a dense [256, 64] version)")
+        print("parameters (run with --model-dir of a dense [256, 64] version, or with --before-pythonpath)")
     extra = {"model_dir": str(source_dir), "wrk_seconds": args.seconds, "rounds": args.rounds, "digits": DIGITS}
     ok = publish("serving", table(measured, TARGETS), {**extra, "batched_before": BEFORE})
     sys.exit(0 if ok else 1)
