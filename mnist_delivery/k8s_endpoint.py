@@ -77,11 +77,12 @@ class ServingSpec:
     data_mount: str = "/data"  # where run and step pods mount the data claim (the request log's root)
     service_account: str = "mnist-serving"  # no Role: the server never calls the API
     cpu: str = "1"
-    # Peak RSS 216-233 MiB (two runs) with 8 concurrent requests of 1,024 images (v2 binary and
+    # Peak RSS 216-249 MiB (three runs) with 8 concurrent requests of 1,024 images (v2 binary and
     # JSON, uint8 and float32) for 30 s, request log on, idle 80 MiB: the shipped CNN, scored
-    # 64 images per call (296 MiB in calls of 256; 952 MiB under TensorFlow). The limit is 1.65x
-    # that peak. Measured with `.venv/bin/python benchmarks/serving_memory.py --seconds 30`
-    # (2 cores). One CPU: one event loop, ONNX Runtime on one thread per call.
+    # 64 images per call, on two threads (296 MiB in calls of 256; 952 MiB under TensorFlow). The
+    # limit is 1.54x the highest peak. Measured with `.venv/bin/python
+    # benchmarks/serving_memory.py --seconds 30` (2 cores). One CPU requested: one event loop, ONNX Runtime on one thread per call, two for
+    # calls of 64 images or more (batches burst onto a second core when the node has one).
     memory: str = "384Mi"
     options: ServerOptions = ServerOptions()
     request_log: PurePosixPath | None = None  # the request log's folder, under data_mount
