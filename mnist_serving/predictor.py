@@ -3,8 +3,8 @@
 Both models run as the one ONNX graph the version was published with (``manifest.json``'s
 ``onnx`` entry, checked at publish for parity with the SavedModels, see ``mnist_ml.onnx_export``),
 in one ONNX Runtime call, shared by the requests that arrive together (``batching``): no
-TensorFlow in the serving process. A version published
-without that graph cannot be served (``load`` says so).
+TensorFlow in the serving process. A version published without that graph cannot be served
+(``load`` says so).
 
 Every prediction returns the class id, the class probabilities, the concept score and
 the out-of-distribution flag (score above the threshold shipped with the concept model).
