@@ -8,7 +8,6 @@ from dagster import (
     define_asset_job,
     multiprocess_executor,
 )
-from dagster_k8s import k8s_job_executor
 
 from mnist_assets.assets import (
     deliver_candidate,
@@ -21,7 +20,7 @@ from mnist_assets.assets import (
     uploaded_model,
 )
 from mnist_assets.config import PipelineConfig
-from mnist_assets.k8s import gpu_step_config
+from mnist_assets.k8s import gpu_step_config, pod_per_step_executor
 
 # Which section of PipelineConfig configures which asset.
 ASSET_SECTIONS = {
@@ -80,7 +79,7 @@ def _job(
         selection=assets,
         config=pipeline_config(assets, pod_per_step),
         description=description,
-        executor_def=k8s_job_executor if pod_per_step else PRELOADED_STEPS,
+        executor_def=pod_per_step_executor if pod_per_step else PRELOADED_STEPS,
         tags=tags,
     )
 
@@ -101,7 +100,7 @@ mnist_pipeline = _job(
 mnist_pipeline_k8s = _job(
     "mnist_pipeline_k8s",
     PIPELINE,
-    "mnist_pipeline with each step in its own Kubernetes pod (k8s_job_executor): the two downloads "
+    "mnist_pipeline with each step in its own Kubernetes pod (dagster-k8s's k8s_job_executor): the two downloads "
     "and the two trainings run in parallel pods. Data passes through the shared data and models volumes.",
     pod_per_step=True,
     tags=DELIVERY_TAG,

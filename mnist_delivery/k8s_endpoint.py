@@ -81,8 +81,9 @@ class ServingSpec:
     # JSON, uint8 and float32) for 30 s, request log on, idle 80 MiB: the shipped CNN, scored
     # 64 images per call, on two threads (296 MiB in calls of 256; 952 MiB under TensorFlow). The
     # limit is 1.54x the highest peak. Measured with `.venv/bin/python
-    # benchmarks/serving_memory.py --seconds 30` (2 cores). One CPU requested: one event loop, ONNX Runtime on one thread per call, two for
-    # calls of 64 images or more (batches burst onto a second core when the node has one).
+    # benchmarks/serving_memory.py --seconds 30` (2 cores). One CPU requested: one event loop,
+    # ONNX Runtime on one thread per call, two for calls of 64 images or more (batches burst onto
+    # a second core when the node has one).
     memory: str = "384Mi"
     options: ServerOptions = ServerOptions()
     request_log: PurePosixPath | None = None  # the request log's folder, under data_mount

@@ -64,6 +64,20 @@ def test_definitions_load_and_jobs_resolve():
     assert "test_accuracy_at_least_minimum" in checks and "detection_rate_at_least_minimum" in checks
 
 
+# Heavy packages that only some steps or runs need. Every process that loads the code location
+# imports what it imports: `make run`'s process, its step server, the webserver and the daemon.
+IMPORTED_ON_USE = ("kubernetes", "dagster_k8s", "tensorflow", "keras", "scipy", "matplotlib")
+
+
+def test_loading_the_code_location_leaves_heavy_packages_until_used():
+    """A fresh interpreter loading the code location (as `make run` and the step server do) imports
+    none of IMPORTED_ON_USE; each is imported by the step or run that needs it. Not covered: the
+    time it takes (benchmarks/chain.py measures the orchestration overhead)."""
+    probe = f"import sys, mnist_assets.definitions; print(*[m for m in {IMPORTED_ON_USE!r} if m in sys.modules])"
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.split() == []
+
+
 def test_run_config_file_lists_every_parameter_and_validates():
     config = yaml.safe_load(RUN_CONFIG.read_text())
     assert _keys(config) == _fields(PipelineConfig)

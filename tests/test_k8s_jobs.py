@@ -12,9 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import validate_run_config
+from dagster import DagsterInstance, InitExecutorContext, validate_run_config
+from dagster._core.definitions.job_base import InMemoryJob
+from dagster._core.errors import DagsterInvalidConfigError
+from dagster._core.executor.step_delegating import StepDelegatingExecutor
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster_k8s.container_context import K8sContainerContext
+from dagster_k8s.executor import K8sStepHandler
 from dagster_k8s.job import construct_dagster_k8s_job, get_user_defined_k8s_config
 from k8s_checks import kubeconfig, launcher_from_config, list_problems, load_dagster_yaml, security_problems
 from k8s_schema import schema_errors
@@ -122,3 +126,27 @@ def test_k8s_job_runs_every_step_in_its_own_pod_with_gpus_from_config():
     assert per_step["mnist_classifier"]["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "2"
     trainers = {node.name: node.definition.tags for node in job.nodes if node.name in per_step}
     assert all("dagster-k8s/config" in tags for tags in trainers.values())
+
+
+def test_the_k8s_executor_is_dagster_k8s_checked_by_its_own_schema(kubeconfig):
+    """The k8s job's executor (imported when a run starts it, mnist_assets/k8s.py), created as the
+    run worker creates it: dagster-k8s's step executor with our config, its defaults filled in; a
+    bad value fails with dagster-k8s's schema error. Not covered: launching a step pod (no API
+    server here; test_k8s_run_launcher.py talks to the emulator)."""
+    job = defs.resolve_job_def("mnist_pipeline_k8s")
+    config = yaml.safe_load((ROOT / "run_config.yaml").read_text()) | {"kubernetes": {"training_gpus": 1}}
+    execution = validate_run_config(job, config)["execution"]["k8s"]
+    no_cluster = {"load_incluster_config": False, "kubeconfig_file": kubeconfig}
+
+    def create(executor_config: dict):
+        with DagsterInstance.ephemeral() as instance:
+            context = InitExecutorContext(InMemoryJob(job), job.executor_def, executor_config, instance)
+            return job.executor_def.executor_creation_fn(context)
+
+    created = create(execution | no_cluster)
+    assert isinstance(created, StepDelegatingExecutor)
+    assert isinstance(created._step_handler, K8sStepHandler)
+    assert set(created._step_handler._per_step_k8s_config) == {"mnist_classifier", "mnist_concept_model"}
+    assert created.retries.enabled  # dagster-k8s's default, filled in by its schema
+    with pytest.raises(DagsterInvalidConfigError, match="max_concurrent"):
+        create(execution | no_cluster | {"max_concurrent": "two"})
