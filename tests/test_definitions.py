@@ -66,7 +66,7 @@ def test_definitions_load_and_jobs_resolve():
 
 # Heavy packages that only some steps or runs need. Every process that loads the code location
 # imports what it imports: `make run`'s process, its step server, the webserver and the daemon.
-IMPORTED_ON_USE = ("kubernetes", "dagster_k8s", "tensorflow", "keras", "scipy", "matplotlib")
+IMPORTED_ON_USE = ("kubernetes", "dagster_k8s", "tensorflow", "keras", "onnx", "onnxruntime", "scipy", "matplotlib")
 
 
 def test_loading_the_code_location_leaves_heavy_packages_until_used():

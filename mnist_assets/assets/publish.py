@@ -44,7 +44,6 @@ from mnist_ml.model_contract import (
     INPUT_NAME,
     SIGNATURE,
 )
-from mnist_ml.onnx_export import ONNX_ARTIFACT, ParityError, export_checked
 from resources import DataStore, ModelRegistry
 
 SIGNATURES = {
@@ -134,6 +133,9 @@ def uploaded_model(context: AssetExecutionContext, data_store: DataStore, regist
     repository = registry.repository()
     artifacts = {model: data_store.path(folder) for model, folder in folders.items()}
     test_digits = to_unit_float(load_mnist(data_store.path("raw"))["x_test"])
+    # ONNX and ONNX Runtime (about 0.1 s to import): here, not in every process that loads the code location
+    from mnist_ml.onnx_export import ONNX_ARTIFACT, ParityError, export_checked
+
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp:
         try:
             manifest["onnx"] = export_checked(artifacts, Path(tmp) / ONNX_ARTIFACT, test_digits)
