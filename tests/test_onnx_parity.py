@@ -1,6 +1,8 @@
 """The publish-time ONNX export (mnist_ml.onnx_export): real SavedModels of both architectures
 exported to one ONNX graph, run with ONNX Runtime, compared with TensorFlow's outputs; a graph
-that does not reproduce the SavedModels is refused with ParityError.
+that does not reproduce the SavedModels is refused with ParityError. Parity references recorded
+beside the SavedModels (as the training steps do) check the export in a process without
+TensorFlow, and only for the exact files and images they were recorded on.
 
 Covers: dense and CNN classifiers with the autoencoder, untrained (random weights give spread-out
 probabilities, a stricter check than a confident trained model), on random images. Does not
@@ -9,6 +11,11 @@ runs the publish asset), nor serving the graph (tests/test_serving.py)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -16,8 +23,10 @@ import pytest
 from mnist_ml.classifier import build_classifier
 from mnist_ml.concept import build_autoencoder
 from mnist_ml.model_contract import CLASSIFIER, CONCEPT_MODEL
-from mnist_ml.onnx_export import ONNX_FILE, TOLERANCE, ParityError, export_checked
-from mnist_ml.savedmodel import export_classifier, export_concept_model
+from mnist_ml.onnx_export import ONNX_FILE, TOLERANCE, ParityError, ParityReference, export_checked
+from mnist_ml.savedmodel import LoadedModel, export_classifier, export_concept_model, write_concept_calibration
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +63,49 @@ def test_a_graph_that_differs_is_refused(tmp_path, images, monkeypatch):
     with pytest.raises(ParityError, match="does not match"):
         export_checked(_savedmodels(tmp_path, "dense"), tmp_path / "onnx", images)
     onnx.checker.check_model(str(tmp_path / "onnx" / ONNX_FILE))  # written, valid ONNX, still refused
+
+
+def _references(savedmodels: dict, images: np.ndarray) -> dict:
+    return {model: ParityReference.record(LoadedModel(path), images, path) for model, path in savedmodels.items()}
+
+
+# What the publish step does with the references the training steps wrote: argv is the folder.
+PUBLISH_WITHOUT_TENSORFLOW = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from mnist_ml.onnx_export import ParityReference, export_checked
+root = Path(sys.argv[1])
+models = ["classifier", "concept_model"]
+references = {m: ParityReference.from_bytes((root / f"{m}.parity.npz").read_bytes()) for m in models}
+entry = export_checked({m: root / m for m in models}, root / "onnx", np.load(root / "images.npy"), references)
+print(json.dumps({"parity": entry["parity"], "tensorflow_imported": "tensorflow" in sys.modules}))
+"""
+
+
+def test_recorded_references_check_the_export_in_a_process_without_tensorflow(tmp_path, images):
+    savedmodels = _savedmodels(tmp_path, "cnn")
+    for model, reference in _references(savedmodels, images).items():
+        (tmp_path / f"{model}.parity.npz").write_bytes(reference.to_bytes())
+    np.save(tmp_path / "images.npy", images)
+    published = subprocess.run(
+        [sys.executable, "-c", PUBLISH_WITHOUT_TENSORFLOW, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(published.stdout.splitlines()[-1])
+    assert result["tensorflow_imported"] is False
+    assert result["parity"] == export_checked(savedmodels, tmp_path / "onnx_here", images)["parity"]
+    assert result["parity"]["class_id_mismatches"] == 0
+
+
+def test_a_reference_is_used_only_for_its_files_and_its_images(tmp_path, images):
+    savedmodels = _savedmodels(tmp_path, "dense")
+    references = _references(savedmodels, images)
+    with pytest.raises(ParityError, match="recorded on other images"):
+        export_checked(savedmodels, tmp_path / "onnx", images[:100], references)
+    write_concept_calibration(savedmodels[CONCEPT_MODEL], {"threshold": 0.5})  # after the reference
+    with pytest.raises(ParityError, match="changed after its parity reference was recorded"):
+        export_checked(savedmodels, tmp_path / "onnx", images, references)

@@ -16,6 +16,7 @@ from dagster import DagsterInstance, materialize
 from quick_config import quick_job, quick_resources, quick_run_config
 
 from mnist_assets.assets import deliver_candidate, uploaded_model
+from mnist_assets.assets.models import parity_reference_file, run_model_dir
 from mnist_delivery.local_endpoint import LocalEndpoint
 from mnist_ml.onnx_export import ONNX_ARTIFACT
 from mnist_ml.registry import FileModelRepository
@@ -160,3 +161,24 @@ def test_a_candidate_worse_than_production_is_refused_by_the_gate(chain, tiny_ve
     assert _served_version(json.loads((root / "serving" / "endpoint.json").read_text())["url"]) == str(
         production.version
     )
+
+
+def test_a_model_without_its_parity_reference_is_not_published(chain):
+    """The publish step checks the ONNX export against what the training step recorded; a model
+    trained without a reference (before this code recorded one) fails publishing, saying what to
+    do, and no version is written. The reference is put back for the tests that follow."""
+    root, _, (_, second), instance = chain
+    repository = FileModelRepository(root / "models")
+    before = repository.versions()
+    reference = root / "data" / parity_reference_file(run_model_dir(second.run_id, "classifier"))
+    aside = reference.with_suffix(".aside")
+    reference.rename(aside)
+    try:
+        result = materialize([uploaded_model], resources=quick_resources(root), instance=instance, raise_on_error=False)
+    finally:
+        aside.rename(reference)
+    assert not result.success
+    failure = result.failure_data_for_node("uploaded_model").error.message
+    assert f"classifier from run {second.run_id} has no parity reference" in failure
+    assert "Materialize mnist_classifier again" in failure
+    assert repository.versions() == before

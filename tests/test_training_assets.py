@@ -18,9 +18,10 @@ from mnist_assets.assets import (
     notmnist_dataset,
     production_labels,
 )
-from mnist_assets.assets.models import KEEP_RUN_FOLDERS, RUNS_DIR, run_model_dir
+from mnist_assets.assets.models import KEEP_RUN_FOLDERS, RUNS_DIR, parity_reference_file, run_model_dir
 from mnist_ml.datasets import to_unit_float
 from mnist_ml.model_contract import read_concept_calibration
+from mnist_ml.onnx_export import ParityReference
 from mnist_ml.savedmodel import LoadedModel
 from resources import DataStore, ModelDeployer
 
@@ -87,6 +88,9 @@ def test_classifier_export_accuracy_and_passing_check(trained):
     assert metrics["parameters"] == convs + 5 * 5 * 64 * 64 + 64 + 64 * 10 + 10
     plots = store.path("models", "runs", result.run_id, "plots")
     assert (plots / "classifier_confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    reference = ParityReference.from_bytes(store.path(parity_reference_file(model_dir)).read_bytes())
+    reference.check(store.path(model_dir), to_unit_float(mnist["x_test"]))  # the files and digits publishing checks
+    assert np.array_equal(reference.outputs["class_ids"][:500], out["class_ids"])
 
 
 def test_concept_model_separates_notmnist(trained):

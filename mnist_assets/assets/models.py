@@ -7,6 +7,10 @@ Invariants:
   materialization, which is how ``uploaded_model`` finds it;
 - a SavedModel folder appears whole or not at all (``DataStore.publish_dir``); a retried step of
   the same run replaces its own folder;
+- beside each SavedModel, ``<model>.parity.npz``: its ``ParityReference`` (its variables and its
+  outputs on the 10,000 MNIST test digits, tied to its files by a digest), recorded while
+  TensorFlow and the exported model are loaded here, so that publishing checks the ONNX export
+  without loading TensorFlow (``mnist_ml.onnx_export``);
 - the classifier's metrics carry its label-free calibration (``atc``: the ATC threshold and the
   held-out confidence distribution), the concept model's the held-out score distribution
   (``reference_scores``), both on the fit's own held-out split (``mnist_ml.shift``): publishing
@@ -52,6 +56,11 @@ KEEP_RUN_FOLDERS = 5
 def run_model_dir(run_id: str, model: str) -> str:
     """Where run ``run_id`` exports ``model``, relative to the data store."""
     return f"{RUNS_DIR}/{run_id}/{model}"
+
+
+def parity_reference_file(model_dir: str) -> str:
+    """Where the SavedModel at ``model_dir`` has its parity reference, relative to the data store."""
+    return f"{model_dir}.parity.npz"
 
 
 def _prune_run_folders(context: AssetExecutionContext, data_store: DataStore) -> None:
@@ -100,6 +109,7 @@ def _record(
 )
 def mnist_classifier(context: AssetExecutionContext, config: ClassifierConfig, data_store: DataStore):
     from mnist_ml.classifier import train_classifier
+    from mnist_ml.onnx_export import ParityReference
     from mnist_ml.savedmodel import LoadedModel, export_classifier
     from mnist_ml.training import split_validation
 
@@ -114,7 +124,9 @@ def mnist_classifier(context: AssetExecutionContext, config: ClassifierConfig, d
     with data_store.publish_dir(model_dir) as scratch:
         export_classifier(trained.model, scratch)
     exported = LoadedModel(data_store.path(model_dir))
-    matrix = confusion_matrix(data["y_test"], exported(to_unit_float(data["x_test"]))["class_ids"])
+    reference = ParityReference.record(exported, to_unit_float(data["x_test"]), data_store.path(model_dir))
+    data_store.write_bytes(parity_reference_file(model_dir), reference.to_bytes())
+    matrix = confusion_matrix(data["y_test"], reference.outputs["class_ids"])
     accuracy = float(np.trace(matrix) / matrix.sum())
     per_class = dict(zip(DIGITS, per_class_accuracy(matrix).tolist(), strict=True))
     context.log.info(f"classifier test accuracy {accuracy:.4f}")
@@ -151,6 +163,7 @@ def mnist_classifier(context: AssetExecutionContext, config: ClassifierConfig, d
 )
 def mnist_concept_model(context: AssetExecutionContext, config: ConceptModelConfig, data_store: DataStore):
     from mnist_ml.concept import calibrate_threshold, train_concept_model
+    from mnist_ml.onnx_export import ParityReference
     from mnist_ml.savedmodel import LoadedModel, export_concept_model, write_concept_calibration
 
     mnist = data_store.load_arrays("mnist")
@@ -167,8 +180,10 @@ def mnist_concept_model(context: AssetExecutionContext, config: ConceptModelConf
             {"threshold": threshold, "percentile": config.threshold_percentile, "calibrated_on": "held-out MNIST"},
         )
     clean_test = to_unit_float(mnist["x_test"])
+    reference = ParityReference.record(score, clean_test, data_store.path(model_dir))  # calibration included
+    data_store.write_bytes(parity_reference_file(model_dir), reference.to_bytes())
     scores = {
-        "MNIST test": score(clean_test)["score"],
+        "MNIST test": reference.outputs["score"],
         "notMNIST": score(to_unit_float(notmnist["x"]))["score"],
         "noisy MNIST": score(add_uniform_noise(clean_test, config.noise_amplitude, config.seed))["score"],
     }

@@ -9,8 +9,10 @@ Invariants:
   trained it (``trained_in_run``); the data checksums follow the same rule as the models;
 - ``FileModelRepository.publish`` writes the version atomically and never overwrites one;
 - the version holds both models as one ONNX graph too (what the endpoint serves), checked for
-  parity with the SavedModels on the 10,000 MNIST test digits before publishing: the figures are
-  in the manifest (``onnx``), and a version that fails parity is not published (``onnx_export``);
+  parity with the SavedModels on the 10,000 MNIST test digits before publishing, against the
+  parity references their training steps recorded (so this step never imports TensorFlow): the
+  figures are in the manifest (``onnx``), and a version that fails parity, or whose models have
+  no reference for their exact files, is not published (``onnx_export``);
 - the version holds its model card (``MODEL_CARD.md``, ``mnist_ml.model_card``), generated from
   the full manifest and written before the version is sealed; it is shown on the materialization.
 """
@@ -31,7 +33,13 @@ from dagster import (
 )
 
 from mnist_assets.assets.data import mnist_dataset, notmnist_dataset
-from mnist_assets.assets.models import MODEL_ASSETS, OWNERS, mnist_classifier, mnist_concept_model
+from mnist_assets.assets.models import (
+    MODEL_ASSETS,
+    OWNERS,
+    mnist_classifier,
+    mnist_concept_model,
+    parity_reference_file,
+)
 from mnist_ml import model_card
 from mnist_ml.datasets import load_mnist, to_unit_float
 from mnist_ml.model_card import MODEL_CARD
@@ -94,6 +102,22 @@ def _model_dir(entry: EventLogEntry) -> str:
     return entry.asset_materialization.metadata["model_dir"].value
 
 
+def _parity_references(data_store: DataStore, sources: dict[str, EventLogEntry]) -> dict:
+    """Per model, the parity reference its training step recorded beside the SavedModel."""
+    from mnist_ml.onnx_export import ParityReference
+
+    references = {}
+    for model, entry in sources.items():
+        path = data_store.path(parity_reference_file(_model_dir(entry)))
+        if not path.is_file():
+            raise Failure(
+                f"{model} from run {entry.run_id} has no parity reference ({path}): it was trained before "
+                f"training recorded one. Materialize {MODEL_ASSETS[model].to_user_string()} again."
+            )
+        references[model] = ParityReference.from_bytes(path.read_bytes())
+    return references
+
+
 def _training_summary(data_store: DataStore, folder: str) -> dict:
     """Metrics and config the model asset recorded, without the per-epoch history."""
     summary = json.loads(data_store.path(f"{folder}.metrics.json").read_text())
@@ -136,9 +160,10 @@ def uploaded_model(context: AssetExecutionContext, data_store: DataStore, regist
     # ONNX and ONNX Runtime (about 0.1 s to import): here, not in every process that loads the code location
     from mnist_ml.onnx_export import ONNX_ARTIFACT, ParityError, export_checked
 
+    references = _parity_references(data_store, sources)
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp:
         try:
-            manifest["onnx"] = export_checked(artifacts, Path(tmp) / ONNX_ARTIFACT, test_digits)
+            manifest["onnx"] = export_checked(artifacts, Path(tmp) / ONNX_ARTIFACT, test_digits, references)
         except ParityError as exc:
             raise Failure(f"not published: {exc}") from None
         context.log.info(f"ONNX export matches the SavedModels: {manifest['onnx']['parity']}")
