@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,10 +108,14 @@ class ParityReference:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ParityReference:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            weights = [archive[f"weight_{i}"] for i in range(sum(k.startswith("weight_") for k in archive.files))]
-            outputs = {k.removeprefix("output_"): archive[k] for k in archive.files if k.startswith("output_")}
-            return cls(weights, outputs, str(archive["savedmodel_sha256"]), str(archive["images_sha256"]))
+        """ParityError if ``data`` is not a reference ``to_bytes`` wrote (truncated, or anything else)."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                weights = [archive[f"weight_{i}"] for i in range(sum(k.startswith("weight_") for k in archive.files))]
+                outputs = {k.removeprefix("output_"): archive[k] for k in archive.files if k.startswith("output_")}
+                return cls(weights, outputs, str(archive["savedmodel_sha256"]), str(archive["images_sha256"]))
+        except (ValueError, KeyError, EOFError, OSError, zipfile.BadZipFile) as exc:
+            raise ParityError(f"not a readable parity reference ({exc}): train the model again") from None
 
 
 class _Graph:

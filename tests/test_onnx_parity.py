@@ -109,3 +109,11 @@ def test_a_reference_is_used_only_for_its_files_and_its_images(tmp_path, images)
     write_concept_calibration(savedmodels[CONCEPT_MODEL], {"threshold": 0.5})  # after the reference
     with pytest.raises(ParityError, match="changed after its parity reference was recorded"):
         export_checked(savedmodels, tmp_path / "onnx", images, references)
+
+
+def test_a_damaged_reference_file_is_refused_clearly(images):
+    data = ParityReference([np.ones(3, np.float32)], {"score": images[:2, 0, 0]}, "files", "images").to_bytes()
+    assert ParityReference.from_bytes(data).savedmodel_sha256 == "files"
+    for damaged in (data[: len(data) // 2], b"", b"not a reference"):
+        with pytest.raises(ParityError, match="not a readable parity reference"):
+            ParityReference.from_bytes(damaged)

@@ -165,20 +165,29 @@ def test_a_candidate_worse_than_production_is_refused_by_the_gate(chain, tiny_ve
 
 def test_a_model_without_its_parity_reference_is_not_published(chain):
     """The publish step checks the ONNX export against what the training step recorded; a model
-    trained without a reference (before this code recorded one) fails publishing, saying what to
-    do, and no version is written. The reference is put back for the tests that follow."""
+    trained without a reference (before this code recorded one), or whose reference file is
+    damaged, fails publishing, saying what to do, and no version is written. The reference is put
+    back for the tests that follow."""
     root, _, (_, second), instance = chain
     repository = FileModelRepository(root / "models")
     before = repository.versions()
     reference = root / "data" / parity_reference_file(run_model_dir(second.run_id, "classifier"))
     aside = reference.with_suffix(".aside")
+
+    def publish():
+        return materialize([uploaded_model], resources=quick_resources(root), instance=instance, raise_on_error=False)
+
     reference.rename(aside)
     try:
-        result = materialize([uploaded_model], resources=quick_resources(root), instance=instance, raise_on_error=False)
+        missing = publish()
+        reference.write_bytes(aside.read_bytes()[:1000])  # cut short, as by a full disk
+        damaged = publish()
     finally:
-        aside.rename(reference)
-    assert not result.success
-    failure = result.failure_data_for_node("uploaded_model").error.message
+        aside.replace(reference)
+    assert not missing.success and not damaged.success
+    failure = missing.failure_data_for_node("uploaded_model").error.message
     assert f"classifier from run {second.run_id} has no parity reference" in failure
     assert "Materialize mnist_classifier again" in failure
+    failure = damaged.failure_data_for_node("uploaded_model").error.message
+    assert "is not a readable parity reference" in failure and "Materialize mnist_classifier again" in failure
     assert repository.versions() == before

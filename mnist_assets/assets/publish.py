@@ -104,17 +104,21 @@ def _model_dir(entry: EventLogEntry) -> str:
 
 def _parity_references(data_store: DataStore, sources: dict[str, EventLogEntry]) -> dict:
     """Per model, the parity reference its training step recorded beside the SavedModel."""
-    from mnist_ml.onnx_export import ParityReference
+    from mnist_ml.onnx_export import ParityError, ParityReference
 
     references = {}
     for model, entry in sources.items():
         path = data_store.path(parity_reference_file(_model_dir(entry)))
+        again = f"Materialize {MODEL_ASSETS[model].to_user_string()} again."
         if not path.is_file():
             raise Failure(
                 f"{model} from run {entry.run_id} has no parity reference ({path}): it was trained before "
-                f"training recorded one. Materialize {MODEL_ASSETS[model].to_user_string()} again."
+                f"training recorded one. {again}"
             )
-        references[model] = ParityReference.from_bytes(path.read_bytes())
+        try:
+            references[model] = ParityReference.from_bytes(path.read_bytes())
+        except ParityError as exc:
+            raise Failure(f"{model} from run {entry.run_id}: {path} is {exc}. {again}") from None
     return references
 
 
